@@ -1,0 +1,46 @@
+"""Test-suite settings, shared by the unit tests and the notebooks that nbval runs.
+
+Before any test or notebook kernel starts, this points the course at a fresh temporary folder
+for downloads, outputs and models (so a run behaves like a clean clone), sets COURSE_FAST=1 so
+each notebook's settings cell picks its small test settings, and primes tiktoken's cache from the
+data mirror (COURSE_DATA_MIRROR) when it holds GPT-2's tokenizer files, so no network is needed.
+Notebook kernels inherit these environment variables.
+"""
+
+import atexit
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow: errors only
+SESSION_DIR = Path(tempfile.mkdtemp(prefix="course-tests-"))
+
+
+def pytest_configure(config):
+    atexit.register(shutil.rmtree, SESSION_DIR, ignore_errors=True)
+    os.environ["COURSE_FAST"] = "1"
+    os.environ["MPLBACKEND"] = "Agg"
+    for var, sub in [("COURSE_DATA_DIR", "data"), ("COURSE_OUTPUT_DIR", "outputs"),
+                     ("COURSE_MODELS_DIR", "models"), ("TIKTOKEN_CACHE_DIR", "tiktoken")]:
+        os.environ[var] = str(SESSION_DIR / sub)
+        (SESSION_DIR / sub).mkdir(parents=True, exist_ok=True)
+    import course_data
+
+    course_data.get_gpt2_tokenizer()  # primes the cache from the mirror, or downloads once
+
+
+def pytest_sessionstart(session):
+    """Notebooks 05-07 run, at test settings, on a tiny random GPT-2 checkpoint in OpenAI's
+    layout, written by TensorFlow here: COURSE_MODELS_DIR/tiny-test."""
+    from tests.tiny_checkpoint import write_tiny_checkpoint
+
+    write_tiny_checkpoint(os.environ["COURSE_MODELS_DIR"], "tiny-test")
+
+
+@pytest.fixture(scope="session")
+def session_dir():
+    """The temporary folder this test session uses for data, outputs and models."""
+    return SESSION_DIR

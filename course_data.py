@@ -1,0 +1,343 @@
+"""Course data: download, verify and cache the data sets; use GPT-2's tokenizer offline.
+
+Every notebook gets its data through `fetch_data(name)`, which
+  1. returns the copy under `data/` if it is there and passes its check;
+  2. else copies it from a local mirror folder, if the environment variable COURSE_DATA_MIRROR
+     names one (an offline classroom's USB stick; CI points it at a folder of real copies);
+  3. else downloads it from its canonical URL (then any fallback URL).
+Whatever it gets is verified (sha256 where the exact bytes are known, a structural check besides)
+before it is moved into place, so a partial or corrupted file never passes for a good one.
+
+`download_file` is the one downloader of the course; gpt_download3.py uses it for GPT-2's weights.
+`get_gpt2_tokenizer()` returns tiktoken's "gpt2" encoding, priming tiktoken's cache from local
+copies of encoder.json and vocab.bpe when the mirror holds them (see `prime_tiktoken_cache`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+__all__ = [
+    "DownloadError", "DataFile", "DATA_FILES", "MIRROR_ENV", "data_dir", "download_file",
+    "fetch_data", "sha256_of", "prime_tiktoken_cache", "get_gpt2_tokenizer",
+]
+
+MIRROR_ENV = "COURSE_DATA_MIRROR"  # a folder that holds copies of the course's files
+DATA_DIR_ENV = "COURSE_DATA_DIR"  # where downloads are cached (default: data/ in the repository)
+CHUNK = 1 << 20  # bytes read per step when downloading or hashing
+
+
+class DownloadError(RuntimeError):
+    """A file could not be fetched or failed its check; the message says what to do."""
+
+
+def data_dir() -> Path:
+    """The folder that caches the course's data: $COURSE_DATA_DIR, else the repository's data/."""
+    if os.environ.get(DATA_DIR_ENV):
+        return Path(os.environ[DATA_DIR_ENV])
+    here = Path(__file__).resolve().parent
+    if (here / "pyproject.toml").exists():  # running from the repository (editable install)
+        return here / "data"
+    return Path.cwd() / "data"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _manual_hint(dest: Path, urls) -> str:
+    first = urls[0] if urls else "its source"
+    return (
+        f"To place it by hand: download {first} in a browser and save it as {dest}, "
+        f"or set {MIRROR_ENV} to a folder that holds a copy."
+    )
+
+
+def download_file(url: str, dest, *, expected_sha256: str | None = None,
+                  expected_size: int | None = None, desc: str | None = None,
+                  timeout: float = 30.0, resume: bool = True) -> Path:
+    """Download `url` to `dest` atomically, with a progress bar; return `dest`.
+
+    Bytes go to `dest.part` first (a later call resumes it with an HTTP Range request); only
+    after the size and sha256 checks pass is it renamed to `dest`. Raises DownloadError.
+    """
+    import requests  # imported here so that importing this module stays cheap
+    from tqdm.auto import tqdm
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if (resume and part.exists()) else 0
+    if expected_size is not None and have > expected_size:  # not a prefix of this file
+        have = 0
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    try:
+        with requests.get(url, stream=True, timeout=timeout, headers=headers) as r:
+            if r.status_code == 416 or (have and r.status_code == 200):
+                have = 0  # the server cannot resume: start again
+            if r.status_code == 416:
+                part.unlink(missing_ok=True)
+                return download_file(url, dest, expected_sha256=expected_sha256,
+                                     expected_size=expected_size, desc=desc,
+                                     timeout=timeout, resume=False)
+            if r.status_code not in (200, 206):
+                raise DownloadError(f"{url} answered HTTP {r.status_code} ({r.reason}).")
+            length = r.headers.get("Content-Length")
+            total = have + int(length) if length is not None else expected_size
+            with open(part, "ab" if have else "wb") as f, tqdm(
+                total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
+                desc=desc or dest.name, disable=total is not None and total < CHUNK,
+            ) as bar:
+                for chunk in r.iter_content(chunk_size=CHUNK):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+    except DownloadError:
+        raise
+    except requests.RequestException as e:
+        raise DownloadError(
+            f"Downloading {url} failed: {type(e).__name__}: {e}. "
+            f"The bytes received so far are kept in {part} and a new call resumes from there."
+        ) from e
+    size = part.stat().st_size
+    want = expected_size if expected_size is not None else total
+    if want is not None and size != want:
+        raise DownloadError(
+            f"Downloading {url} stopped early: got {size:,} of {want:,} bytes "
+            f"(kept in {part}; a new call resumes from there)."
+        )
+    if expected_sha256 is not None:
+        got = sha256_of(part)
+        if got != expected_sha256:
+            part.unlink()
+            raise DownloadError(
+                f"{url} gave bytes whose sha256 is {got}, not the expected {expected_sha256}; "
+                "the file was deleted. Try again, or fetch it from another source."
+            )
+    os.replace(part, dest)
+    return dest
+
+
+# ----- the course's data sets ------------------------------------------------------------------
+
+def _check_spam_tsv(path: Path) -> None:
+    """Structure of the SMS Spam Collection: 5,574 lines `label<TAB>text`, 747 of them spam."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    labels = [line.split("\t", 1)[0] for line in lines]
+    bad = [i + 1 for i, line in enumerate(lines) if line.count("\t") != 1
+           or labels[i] not in ("ham", "spam")]
+    n_spam = labels.count("spam")
+    if bad or len(lines) != 5574 or n_spam != 747:
+        raise ValueError(
+            f"expected 5,574 lines 'ham|spam<TAB>text' with 747 spam; found {len(lines):,} lines, "
+            f"{n_spam} spam, {len(bad)} malformed (first at line {bad[0] if bad else '-'})"
+        )
+
+
+def _check_instruction_json(path: Path) -> None:
+    import json
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, list) or len(data) != 1100:
+        raise ValueError("expected a JSON list of 1,100 entries")
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One data file of the course: where it comes from and how it is checked."""
+    name: str                    # file name under data/
+    urls: tuple                  # canonical URL first, then fallbacks
+    sha256: str | None           # of the file as stored under data/
+    mirror_paths: tuple          # where a mirror folder may hold it (relative paths)
+    source: str                  # for messages and data/README.md
+    zip_member: str | None = None  # the URLs serve a zip; this member is the file
+    check: Callable | None = None  # structural check: raises ValueError
+
+
+DATA_FILES = {
+    "the-verdict.txt": DataFile(
+        name="the-verdict.txt",
+        urls=("https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/"
+              "ch02/01_main-chapter-code/the-verdict.txt",),
+        sha256="b41e41a68f0398a3154ae69e2e4c0e2694e17fe0d66730536837f1b01935b31f",
+        mirror_paths=("the-verdict.txt",),
+        source="Edith Wharton, 'The Verdict' (1908), public domain",
+    ),
+    "instruction-data.json": DataFile(
+        name="instruction-data.json",
+        urls=("https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/"
+              "ch07/01_main-chapter-code/instruction-data.json",),
+        sha256="7e09a9af353722ca15c18bc580f093f9c39d3178335a75177319cb1e1d163944",
+        mirror_paths=("instruction-data.json",),
+        source="1,100 Alpaca-style instructions, rasbt/LLMs-from-scratch (Apache-2.0)",
+        check=_check_instruction_json,
+    ),
+    "SMSSpamCollection": DataFile(
+        name="SMSSpamCollection",
+        urls=("https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip",
+              "https://f001.backblazeb2.com/file/LLMs-from-scratch/sms%2Bspam%2Bcollection.zip"),
+        sha256="7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d",
+        mirror_paths=("sms-spam-collection/SMSSpamCollection", "SMSSpamCollection",
+                      "sms+spam+collection.zip", "smsspamcollection.zip"),
+        source="SMS Spam Collection v.1, UCI ML Repository (CC BY 4.0)",
+        zip_member="SMSSpamCollection",
+        check=_check_spam_tsv,
+    ),
+}
+
+
+def _verify(spec: DataFile, path: Path) -> str | None:
+    """None if `path` is the good file, else what is wrong with it."""
+    if spec.sha256 is not None:
+        got = sha256_of(path)
+        if got != spec.sha256:
+            return f"its sha256 is {got}, not {spec.sha256}"
+    if spec.check is not None:
+        try:
+            spec.check(path)
+        except (ValueError, UnicodeDecodeError) as e:
+            return f"it does not look like {spec.name}: {e}"
+    return None
+
+
+def _extract_member(zip_path: Path, member: str, out: Path) -> None:
+    try:
+        with zipfile.ZipFile(zip_path) as z:
+            names = [n for n in z.namelist() if Path(n).name == member]
+            if not names:
+                raise ValueError(f"the zip has no member {member!r} (it has {z.namelist()})")
+            with z.open(names[0]) as src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    except zipfile.BadZipFile as e:
+        raise ValueError(f"not a valid zip file ({e})") from e
+
+
+def _install(spec: DataFile, candidate: Path, dest: Path, origin: str) -> str | None:
+    """Verify `candidate` (a copy or zip) and move the good file to `dest`; else say why not."""
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        staged = Path(tmp) / spec.name
+        try:
+            if spec.zip_member and zipfile.is_zipfile(candidate):
+                _extract_member(candidate, spec.zip_member, staged)
+            else:
+                shutil.copyfile(candidate, staged)
+        except (OSError, ValueError) as e:
+            return f"{origin}: {e}"
+        problem = _verify(spec, staged)
+        if problem:
+            return f"{origin}: {problem}"
+        os.replace(staged, dest)
+    return None
+
+
+def fetch_data(name: str, *, data_dir_path=None, mirror=None, urls=None) -> Path:
+    """Return the path of a verified copy of data file `name` (see DATA_FILES); fetch it if needed.
+
+    Looks in data/ first, then in the mirror folder ($COURSE_DATA_MIRROR), then downloads.
+    Raises DownloadError with what was tried and how to place the file by hand.
+    """
+    if name not in DATA_FILES:
+        raise KeyError(f"unknown data file {name!r}; the course's data files: {list(DATA_FILES)}")
+    spec = DATA_FILES[name]
+    folder = Path(data_dir_path) if data_dir_path is not None else data_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = folder / spec.name
+    urls = tuple(urls) if urls is not None else spec.urls
+    problems = []
+    if dest.exists():
+        problem = _verify(spec, dest)
+        if problem is None:
+            return dest
+        problems.append(f"the copy in {dest}: {problem} (it will be replaced)")
+    mirror = mirror if mirror is not None else os.environ.get(MIRROR_ENV)
+    if mirror:
+        for rel in spec.mirror_paths:
+            candidate = Path(mirror) / rel
+            if candidate.is_file():
+                problem = _install(spec, candidate, dest, f"mirror copy {candidate}")
+                if problem is None:
+                    return dest
+                problems.append(problem)
+    for url in urls:
+        download_to = folder / (spec.name + (".zip" if spec.zip_member else ".download"))
+        try:
+            download_file(url, download_to, desc=spec.name,
+                          expected_sha256=None if spec.zip_member else spec.sha256)
+        except DownloadError as e:
+            problems.append(str(e))
+            continue
+        problem = _install(spec, download_to, dest, f"download from {url}")
+        download_to.unlink(missing_ok=True)
+        if problem is None:
+            return dest
+        problems.append(problem)
+    tried = "\n  - ".join(problems) or "nothing could be tried"
+    raise DownloadError(
+        f"Could not get {spec.name} ({spec.source}).\n  - {tried}\n"
+        + (f"No mirror folder is set ({MIRROR_ENV}).\n" if not mirror else "")
+        + _manual_hint(dest, urls)
+    )
+
+
+# ----- GPT-2's tokenizer offline ----------------------------------------------------------------
+
+# The files tiktoken's "gpt2" encoding loads, the URLs it loads them from, and the sha256 it pins.
+TIKTOKEN_GPT2_FILES = {
+    "vocab.bpe": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+                  "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
+    "encoder.json": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+                     "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
+}
+
+
+def tiktoken_cache_dir() -> Path:
+    """The folder tiktoken reads cached files from (the same rule as tiktoken/load.py)."""
+    for var in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR"):
+        if os.environ.get(var):
+            return Path(os.environ[var])
+    return Path(tempfile.gettempdir()) / "data-gym-cache"
+
+
+def prime_tiktoken_cache(folder) -> Path:
+    """Copy `folder`'s encoder.json and vocab.bpe into tiktoken's cache; return the cache folder.
+
+    tiktoken names each cached file by the sha1 of its URL and checks the sha256 it pins, so the
+    files are checked here first: a wrong file is refused with a clear error, never cached.
+    """
+    folder, cache = Path(folder), tiktoken_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    for fname, (url, sha) in TIKTOKEN_GPT2_FILES.items():
+        src = folder / fname
+        if not src.is_file():
+            raise FileNotFoundError(f"{src} is missing; GPT-2's tokenizer needs {fname} there.")
+        if sha256_of(src) != sha:
+            raise ValueError(f"{src} is not GPT-2's {fname} (sha256 differs from tiktoken's pin).")
+        target = cache / hashlib.sha1(url.encode()).hexdigest()
+        if not (target.exists() and sha256_of(target) == sha):
+            tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, target)
+    return cache
+
+
+def get_gpt2_tokenizer():
+    """tiktoken's "gpt2" encoding; offline too when the mirror holds gpt2-tokenizer/ files."""
+    import tiktoken
+
+    mirror = os.environ.get(MIRROR_ENV)
+    if mirror:
+        for sub in ("gpt2-tokenizer", "."):
+            if all((Path(mirror) / sub / f).is_file() for f in TIKTOKEN_GPT2_FILES):
+                prime_tiktoken_cache(Path(mirror) / sub)
+                break
+    return tiktoken.get_encoding("gpt2")
+
