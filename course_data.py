@@ -20,18 +20,20 @@ import os
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 __all__ = [
     "DownloadError", "DataFile", "DATA_FILES", "MIRROR_ENV", "data_dir", "download_file",
-    "fetch_data", "sha256_of", "prime_tiktoken_cache", "get_gpt2_tokenizer",
+    "fetch_data", "sha256_of", "TIKTOKEN_GPT2_FILES", "tiktoken_cache_dir", "prime_tiktoken_cache",
+    "get_gpt2_tokenizer",
 ]
 
 MIRROR_ENV = "COURSE_DATA_MIRROR"  # a folder that holds copies of the course's files
 DATA_DIR_ENV = "COURSE_DATA_DIR"  # where downloads are cached (default: data/ in the repository)
-CHUNK = 1 << 20  # bytes read per step when downloading or hashing
+CHUNK = 1 << 20  # bytes read per step when hashing; the progress bar shows from this size on
+NET_CHUNK = 1 << 16  # bytes read per step when downloading (a cut connection loses < this)
 
 
 class DownloadError(RuntimeError):
@@ -49,6 +51,7 @@ def data_dir() -> Path:
 
 
 def sha256_of(path: Path) -> str:
+    """The sha256 of a file's bytes, as a hex string (read in chunks, so large files are fine)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
@@ -56,21 +59,35 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _manual_hint(dest: Path, urls) -> str:
+def _manual_hint(dest: Path, urls, mirror: bool = True) -> str:
     first = urls[0] if urls else "its source"
     return (
-        f"To place it by hand: download {first} in a browser and save it as {dest}, "
-        f"or set {MIRROR_ENV} to a folder that holds a copy."
+        f"To place it by hand: download {first} in a browser and save it as {dest}"
+        + (f", or set {MIRROR_ENV} to a folder that holds a copy." if mirror else ".")
     )
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    """The innermost error behind a requests error (e.g. "Name or service not known")."""
+    for _ in range(10):
+        reason = getattr(e, "reason", None)
+        arg = e.args[0] if e.args and isinstance(e.args[0], BaseException) else None
+        inner = next((x for x in (reason, e.__cause__, e.__context__, arg)
+                      if isinstance(x, BaseException) and x is not e), None)
+        if inner is None:
+            break
+        e = inner
+    return e
 
 
 def download_file(url: str, dest, *, expected_sha256: str | None = None,
                   expected_size: int | None = None, desc: str | None = None,
-                  timeout: float = 30.0, resume: bool = True) -> Path:
+                  timeout: float = 30.0, resume: bool = True, manual_hint: bool = True) -> Path:
     """Download `url` to `dest` atomically, with a progress bar; return `dest`.
 
     Bytes go to `dest.part` first (a later call resumes it with an HTTP Range request); only
-    after the size and sha256 checks pass is it renamed to `dest`. Raises DownloadError.
+    after the size and sha256 checks pass is it renamed to `dest`. Raises DownloadError, whose
+    message ends with how to place the file by hand (unless manual_hint=False).
     """
     import requests  # imported here so that importing this module stays cheap
     from tqdm.auto import tqdm
@@ -79,42 +96,66 @@ def download_file(url: str, dest, *, expected_sha256: str | None = None,
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if (resume and part.exists()) else 0
-    if expected_size is not None and have > expected_size:  # not a prefix of this file
+    if expected_size is not None and have >= expected_size:  # not a proper prefix of the file
         have = 0
     headers = {"Range": f"bytes={have}-"} if have else {}
+    name = desc or dest.name  # for messages
+    hint = " " + _manual_hint(dest, [url], mirror=False) if manual_hint else ""
+    received, answered = 0, False  # bytes received by this call; did the server answer?
     try:
         with requests.get(url, stream=True, timeout=timeout, headers=headers) as r:
-            if r.status_code == 416 or (have and r.status_code == 200):
-                have = 0  # the server cannot resume: start again
-            if r.status_code == 416:
+            answered = True
+            resumed = (have > 0 and r.status_code == 206
+                       and r.headers.get("Content-Range", "").startswith(f"bytes {have}-"))
+            if have and not resumed and r.status_code in (206, 416):
+                r.close()  # the server cannot continue where the last call stopped: restart
                 part.unlink(missing_ok=True)
                 return download_file(url, dest, expected_sha256=expected_sha256,
                                      expected_size=expected_size, desc=desc,
-                                     timeout=timeout, resume=False)
-            if r.status_code not in (200, 206):
-                raise DownloadError(f"{url} answered HTTP {r.status_code} ({r.reason}).")
+                                     timeout=timeout, resume=False, manual_hint=manual_hint)
+            if r.status_code != 200 and not resumed:
+                why = ", so the file is not at that address" if r.status_code == 404 else ""
+                raise DownloadError(
+                    f"Downloading {name} failed: {url} answered HTTP {r.status_code} "
+                    f"({r.reason}){why}." + hint
+                )
+            if not resumed:
+                have = 0  # a full answer (the server may ignore Range): start the file afresh
             length = r.headers.get("Content-Length")
             total = have + int(length) if length is not None else expected_size
             with open(part, "ab" if have else "wb") as f, tqdm(
                 total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
                 desc=desc or dest.name, disable=total is not None and total < CHUNK,
             ) as bar:
-                for chunk in r.iter_content(chunk_size=CHUNK):
+                for chunk in r.iter_content(chunk_size=NET_CHUNK):
                     f.write(chunk)
+                    received += len(chunk)
                     bar.update(len(chunk))
     except DownloadError:
         raise
     except requests.RequestException as e:
+        if answered:
+            kept = part.stat().st_size if part.exists() else 0
+            raise DownloadError(
+                f"Downloading {name} from {url} broke off after {received:,} bytes "
+                f"({type(e).__name__}). The {kept:,} bytes received so far are kept in "
+                f"{part.name}; call again to resume from there."
+            ) from e
+        cause = _root_cause(e)
         raise DownloadError(
-            f"Downloading {url} failed: {type(e).__name__}: {e}. "
-            f"The bytes received so far are kept in {part} and a new call resumes from there."
+            f"Could not download {name}: {url} could not be reached "
+            f"({type(cause).__name__}: {cause}). Check the network connection." + hint
         ) from e
     size = part.stat().st_size
     want = expected_size if expected_size is not None else total
-    if want is not None and size != want:
+    if want is not None and size > want:
+        part.unlink()
+        raise DownloadError(f"Downloading {url} gave {size:,} bytes, more than the expected "
+                            f"{want:,}; they were deleted. Try again.")
+    if want is not None and size < want:
         raise DownloadError(
-            f"Downloading {url} stopped early: got {size:,} of {want:,} bytes "
-            f"(kept in {part}; a new call resumes from there)."
+            f"Downloading {name} from {url} stopped early: got {size:,} of {want:,} bytes "
+            f"(kept in {part.name}; call again to resume from there)."
         )
     if expected_sha256 is not None:
         got = sha256_of(part)
@@ -122,7 +163,7 @@ def download_file(url: str, dest, *, expected_sha256: str | None = None,
             part.unlink()
             raise DownloadError(
                 f"{url} gave bytes whose sha256 is {got}, not the expected {expected_sha256}; "
-                "the file was deleted. Try again, or fetch it from another source."
+                "they were deleted, nothing was saved. Try again later." + hint
             )
     os.replace(part, dest)
     return dest
@@ -197,15 +238,15 @@ DATA_FILES = {
 
 def _verify(spec: DataFile, path: Path) -> str | None:
     """None if `path` is the good file, else what is wrong with it."""
-    if spec.sha256 is not None:
-        got = sha256_of(path)
-        if got != spec.sha256:
-            return f"its sha256 is {got}, not {spec.sha256}"
-    if spec.check is not None:
+    if spec.check is not None:  # first, as its message says more than a hash can
         try:
             spec.check(path)
         except (ValueError, UnicodeDecodeError) as e:
             return f"it does not look like {spec.name}: {e}"
+    if spec.sha256 is not None:
+        got = sha256_of(path)
+        if got != spec.sha256:
+            return f"its sha256 is {got}, not {spec.sha256}"
     return None
 
 
@@ -260,17 +301,20 @@ def fetch_data(name: str, *, data_dir_path=None, mirror=None, urls=None) -> Path
         problems.append(f"the copy in {dest}: {problem} (it will be replaced)")
     mirror = mirror if mirror is not None else os.environ.get(MIRROR_ENV)
     if mirror:
-        for rel in spec.mirror_paths:
-            candidate = Path(mirror) / rel
+        candidates = [Path(mirror) / rel for rel in spec.mirror_paths]
+        for candidate in candidates:
             if candidate.is_file():
                 problem = _install(spec, candidate, dest, f"mirror copy {candidate}")
                 if problem is None:
                     return dest
                 problems.append(problem)
+        if not any(c.is_file() for c in candidates):
+            problems.append(f"the mirror folder {mirror} ({MIRROR_ENV}) holds none of "
+                            f"{', '.join(spec.mirror_paths)}")
     for url in urls:
         download_to = folder / (spec.name + (".zip" if spec.zip_member else ".download"))
         try:
-            download_file(url, download_to, desc=spec.name,
+            download_file(url, download_to, desc=spec.name, manual_hint=False,
                           expected_sha256=None if spec.zip_member else spec.sha256)
         except DownloadError as e:
             problems.append(str(e))
@@ -314,13 +358,18 @@ def prime_tiktoken_cache(folder) -> Path:
     files are checked here first: a wrong file is refused with a clear error, never cached.
     """
     folder, cache = Path(folder), tiktoken_cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    for fname, (url, sha) in TIKTOKEN_GPT2_FILES.items():
+    for fname, (_, sha) in TIKTOKEN_GPT2_FILES.items():  # check both before caching either
         src = folder / fname
         if not src.is_file():
             raise FileNotFoundError(f"{src} is missing; GPT-2's tokenizer needs {fname} there.")
         if sha256_of(src) != sha:
-            raise ValueError(f"{src} is not GPT-2's {fname} (sha256 differs from tiktoken's pin).")
+            raise ValueError(
+                f"{src} is not GPT-2's {fname}: its sha256 differs from the one tiktoken pins. "
+                f"Replace it with a good copy (from any GPT-2 model folder, or {MIRROR_ENV})."
+            )
+    cache.mkdir(parents=True, exist_ok=True)
+    for fname, (url, sha) in TIKTOKEN_GPT2_FILES.items():
+        src = folder / fname
         target = cache / hashlib.sha1(url.encode()).hexdigest()
         if not (target.exists() and sha256_of(target) == sha):
             tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
@@ -339,5 +388,15 @@ def get_gpt2_tokenizer():
             if all((Path(mirror) / sub / f).is_file() for f in TIKTOKEN_GPT2_FILES):
                 prime_tiktoken_cache(Path(mirror) / sub)
                 break
-    return tiktoken.get_encoding("gpt2")
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except OSError as e:  # requests' errors are OSErrors too
+        cause = _root_cause(e)
+        raise DownloadError(
+            "tiktoken could not download GPT-2's tokenizer files (encoder.json, vocab.bpe): "
+            f"{type(cause).__name__}: {cause}. Connect to the network, or set {MIRROR_ENV} to a "
+            "folder that holds gpt2-tokenizer/encoder.json and gpt2-tokenizer/vocab.bpe (every "
+            "GPT-2 model folder has both files; course_data.prime_tiktoken_cache(folder) uses "
+            "one directly)."
+        ) from None
 

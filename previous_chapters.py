@@ -25,9 +25,17 @@ __all__ = [
     "text_to_token_ids", "token_ids_to_text", "calc_loss_batch", "calc_loss_loader",
     "evaluate_model", "generate_and_print_sample", "train_model_simple", "plot_losses", "generate",
     # 05_pretrained_weights.ipynb
-    "assign_", "load_weights_into_gpt",
+    "config_from_hparams", "assign_", "load_weights_into_gpt", "HF_GPT2_MODELS", "HF_GPT2_NAMES",
+    "gpt_from_pretrained",
     # 06_classification_finetuning.ipynb
+    "read_sms_spam", "create_balanced_dataset", "random_split", "SpamDataset",
+    "add_classification_head", "calc_accuracy_loader", "calc_loss_batch_classifier",
+    "calc_loss_loader_classifier", "evaluate_model_classifier", "train_classifier_simple",
+    "plot_values", "classify_review",
     # 07_instruction_finetuning.ipynb
+    "validate_instruction_data", "format_input", "split_instruction_data", "InstructionDataset",
+    "custom_collate_fn", "extract_response", "rouge_l_f1", "ollama_base_url", "check_if_running",
+    "query_model", "parse_score", "format_judge_prompt", "generate_model_scores",
 ]
 
 
@@ -45,6 +53,8 @@ class GPTDatasetV1(Dataset):
                 f"max_length={max_length} (that needs at least {max_length + 1} tokens). "
                 "Use a longer text or a smaller max_length (context length)."
             )
+        if stride < 1:
+            raise ValueError(f"stride must be a positive number of tokens, not {stride}.")
         self.input_ids = []
         self.target_ids = []
         for i in range(0, len(token_ids) - max_length, stride):
@@ -63,9 +73,9 @@ class GPTDatasetV1(Dataset):
 def create_dataloader_v1(txt, batch_size=4, max_length=256, stride=128, shuffle=True,
                          drop_last=True, num_workers=0):
     """A DataLoader of (input, target) batches of shape (B, max_length) from `txt`, GPT-2 BPE."""
-    import tiktoken
+    from course_data import get_gpt2_tokenizer  # tiktoken's "gpt2", offline with a mirror too
 
-    tokenizer = tiktoken.get_encoding("gpt2")
+    tokenizer = get_gpt2_tokenizer()
     dataset = GPTDatasetV1(txt, tokenizer, max_length, stride)
     if drop_last and len(dataset) < batch_size:
         raise ValueError(
@@ -80,42 +90,37 @@ def create_dataloader_v1(txt, batch_size=4, max_length=256, stride=128, shuffle=
 # ===== 02_attention.ipynb =====
 
 class MultiHeadAttention(nn.Module):
-    """Causal multi-head self-attention: one Q/K/V projection split into heads, (B, T, C) in/out."""
+    """Causal multi-head self-attention, (B, T, C) in/out: one Q/K/V projection split into H
+    heads, attention by PyTorch's fused scaled_dot_product_attention (same math as notebook 02)."""
 
     def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False):
         super().__init__()
-        assert d_out % num_heads == 0, "d_out must be divisible by num_heads"
+        if d_out % num_heads:
+            raise ValueError(f"d_out ({d_out}) must be divisible by num_heads ({num_heads})")
         self.d_out = d_out
         self.num_heads = num_heads
         self.head_dim = d_out // num_heads
+        self.context_length = context_length  # the fused kernel builds the causal mask itself
+        self.dropout_p = dropout  # dropout on the attention weights, in training mode only
         self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.out_proj = nn.Linear(d_out, d_out)  # combines the heads' outputs
-        self.dropout = nn.Dropout(dropout)
-        self.register_buffer(
-            "mask", torch.triu(torch.ones(context_length, context_length), diagonal=1),
-            persistent=False,
-        )
 
     def forward(self, x):
         b, num_tokens, d_in = x.shape
-        keys = self.W_key(x)  # (B, T, C)
-        queries = self.W_query(x)
-        values = self.W_value(x)
         # (B, T, C) -> (B, T, H, D) -> (B, H, T, D)
-        keys = keys.view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
-        queries = queries.view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
-        values = values.view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
+        queries = self.W_query(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
+        keys = self.W_key(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
+        values = self.W_value(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
 
-        attn_scores = queries @ keys.transpose(2, 3)  # (B, H, T, T)
-        mask_bool = self.mask.bool()[:num_tokens, :num_tokens]
-        attn_scores.masked_fill_(mask_bool, -torch.inf)
-        attn_weights = torch.softmax(attn_scores / self.head_dim**0.5, dim=-1)
-        attn_weights = self.dropout(attn_weights)
-
-        context_vec = (attn_weights @ values).transpose(1, 2)  # (B, H, T, D) -> (B, T, H, D)
-        context_vec = context_vec.contiguous().view(b, num_tokens, self.d_out)  # -> (B, T, C)
+        # softmax(Q K^T / sqrt(D) + causal mask), dropout, @ V: all in one fused call
+        context_vec = torch.nn.functional.scaled_dot_product_attention(
+            queries, keys, values, dropout_p=self.dropout_p if self.training else 0.0,
+            is_causal=True,
+        )  # (B, H, T, D)
+        # (B, H, T, D) -> (B, T, H, D) -> (B, T, C)
+        context_vec = context_vec.transpose(1, 2).contiguous().view(b, num_tokens, self.d_out)
         return self.out_proj(context_vec)
 
 
@@ -201,7 +206,8 @@ class TransformerBlock(nn.Module):
 
 
 class GPTModel(nn.Module):
-    """GPT-2: token + position embeddings, n_layers blocks, final norm, head; (B, T) -> (B, T, V)."""
+    """GPT-2: token + position embeddings, n_layers transformer blocks, final norm, output head;
+    token ids (B, T) -> logits (B, T, V)."""
 
     CONFIG_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers",
                    "drop_rate", "qkv_bias")
@@ -273,7 +279,10 @@ def calc_loss_batch(input_batch, target_batch, model, device):
 def calc_loss_loader(data_loader, model, device, num_batches=None):
     """Average loss over the first `num_batches` batches of a loader (all of them by default)."""
     if len(data_loader) == 0:
-        return float("nan")
+        raise ValueError("The data loader yields no batches, so there is no loss to average. "
+                         "Is the text shorter than one batch of context-length windows?")
+    if num_batches is not None and num_batches < 1:
+        raise ValueError(f"num_batches must be at least 1 (or None for all), not {num_batches}")
     num_batches = len(data_loader) if num_batches is None else min(num_batches, len(data_loader))
     total_loss = 0.0
     for i, (input_batch, target_batch) in enumerate(data_loader):
@@ -369,6 +378,8 @@ def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=No
                          f"got shape {tuple(idx.shape)}. Is the prompt text empty?")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be at least 1 (or None), not {top_k}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be 0 (greedy) or positive, not {temperature}")
     for _ in range(max_new_tokens):
         idx_cond = idx[:, -context_size:]
         with torch.no_grad():
@@ -388,6 +399,13 @@ def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=No
 
 
 # ===== 05_pretrained_weights.ipynb =====
+
+def config_from_hparams(settings, drop_rate=0.0):
+    """The course's model config for OpenAI's hparams.json `settings`; GPT-2 has qkv_bias=True."""
+    return {"vocab_size": settings["n_vocab"], "context_length": settings["n_ctx"],
+            "emb_dim": settings["n_embd"], "n_heads": settings["n_head"],
+            "n_layers": settings["n_layer"], "drop_rate": drop_rate, "qkv_bias": True}
+
 
 def assign_(param, array, name):
     """Copy numpy `array` into tensor `param` in place; a shape mismatch names both shapes."""
@@ -419,6 +437,8 @@ def load_weights_into_gpt(gpt, params):
     if gpt.trf_blocks[0].att.W_query.bias is None:
         raise ValueError("GPT-2 has biases in its query/key/value projections: build the model "
                          "with qkv_bias=True.")
+    # Weight tying first: the head's own initial weights are freed before anything is copied.
+    gpt.out_head.weight = gpt.tok_emb.weight  # GPT-2 has no separate head
     assign_(gpt.pos_emb.weight, params["wpe"], "pos_emb.weight (wpe)")
     assign_(gpt.tok_emb.weight, params["wte"], "tok_emb.weight (wte)")
     for i, (block, p) in enumerate(zip(gpt.trf_blocks, params["blocks"])):
@@ -441,11 +461,597 @@ def load_weights_into_gpt(gpt, params):
             assign_(norm.shift, src["b"], f"{name}.{label}.shift")
     assign_(gpt.final_norm.scale, params["g"], "final_norm.scale (ln_f/g)")
     assign_(gpt.final_norm.shift, params["b"], "final_norm.shift (ln_f/b)")
-    gpt.out_head.weight = gpt.tok_emb.weight  # weight tying: GPT-2 has no separate head
     return gpt
+
+
+# The GPT-2 names on the Hugging Face hub, and the repositories that hold them.
+HF_GPT2_MODELS = {"gpt2": "openai-community/gpt2", "gpt2-medium": "openai-community/gpt2-medium",
+                  "gpt2-large": "openai-community/gpt2-large",
+                  "gpt2-xl": "openai-community/gpt2-xl"}
+
+# Hugging Face's GPT-2 parameter names -> ours. Two or three names: the tensor is split in equal
+# parts along its last dimension (query, key, value). Conv1D weights (attn.*, mlp.*) are stored
+# as (in, out) and get transposed. attn.bias / attn.masked_bias are causal-mask buffers, not
+# parameters; lm_head.weight is the token embedding again (weight tying).
+HF_GPT2_NAMES = {
+    "wte.weight": ["tok_emb.weight"], "wpe.weight": ["pos_emb.weight"],
+    "h.{i}.ln_1.weight": ["trf_blocks.{i}.norm1.scale"],
+    "h.{i}.ln_1.bias": ["trf_blocks.{i}.norm1.shift"],
+    "h.{i}.attn.c_attn.weight": ["trf_blocks.{i}.att.W_query.weight",
+                                 "trf_blocks.{i}.att.W_key.weight",
+                                 "trf_blocks.{i}.att.W_value.weight"],
+    "h.{i}.attn.c_attn.bias": ["trf_blocks.{i}.att.W_query.bias", "trf_blocks.{i}.att.W_key.bias",
+                               "trf_blocks.{i}.att.W_value.bias"],
+    "h.{i}.attn.c_proj.weight": ["trf_blocks.{i}.att.out_proj.weight"],
+    "h.{i}.attn.c_proj.bias": ["trf_blocks.{i}.att.out_proj.bias"],
+    "h.{i}.ln_2.weight": ["trf_blocks.{i}.norm2.scale"],
+    "h.{i}.ln_2.bias": ["trf_blocks.{i}.norm2.shift"],
+    "h.{i}.mlp.c_fc.weight": ["trf_blocks.{i}.ff.layers.0.weight"],
+    "h.{i}.mlp.c_fc.bias": ["trf_blocks.{i}.ff.layers.0.bias"],
+    "h.{i}.mlp.c_proj.weight": ["trf_blocks.{i}.ff.layers.2.weight"],
+    "h.{i}.mlp.c_proj.bias": ["trf_blocks.{i}.ff.layers.2.bias"],
+    "ln_f.weight": ["final_norm.scale"], "ln_f.bias": ["final_norm.shift"],
+}
+
+
+def gpt_from_pretrained(name_or_path, model_class=None):
+    """A GPTModel holding a Hugging Face GPT-2: a hub name (HF_GPT2_MODELS) or a local folder
+    with config.json and model.safetensors. Needs huggingface_hub (hub) and safetensors."""
+    import json
+    import re
+    import warnings
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    hub_names = {**HF_GPT2_MODELS, **{repo: repo for repo in HF_GPT2_MODELS.values()}}
+    on_hub = isinstance(name_or_path, str) and name_or_path in hub_names
+    if on_hub:  # a known name always means the hub, even where a folder of that name exists
+        repo = hub_names[name_or_path]
+        if Path(name_or_path).exists():
+            warnings.warn(f"{name_or_path!r} means the hub model {repo}; the local folder of that "
+                          f"name is not used. To load the folder, pass './{name_or_path}'.",
+                          stacklevel=2)
+
+        def fetch(filename):
+            from huggingface_hub import hf_hub_download
+
+            try:
+                return Path(hf_hub_download(repo, filename))
+            except Exception as e:  # offline, no access, ...: say what to do
+                raise OSError(f"Could not get {repo} from the Hugging Face hub "
+                              f"({type(e).__name__}: {e}). Check the network, or download it "
+                              "once and pass its folder.") from e
+
+        config_path = fetch("config.json")
+    else:
+        folder = Path(name_or_path)
+        config_path = folder / "config.json"
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{name_or_path!r} is neither a GPT-2 name on the hub "
+                                    f"({', '.join(HF_GPT2_MODELS)}) nor a folder holding a "
+                                    "Hugging Face checkpoint (config.json, model.safetensors).")
+    hf = json.loads(config_path.read_text(encoding="utf-8"))
+    if hf.get("model_type") != "gpt2":
+        raise ValueError(f"{name_or_path!r} is a {hf.get('model_type')!r} model, not GPT-2.")
+    c = hf["n_embd"]
+    same = {"activation_function": "gelu_new", "layer_norm_epsilon": 1e-5, "n_inner": 4 * c,
+            "scale_attn_by_inverse_layer_idx": False}  # what our GPTModel computes
+    other = {k: hf[k] for k, v in same.items() if hf.get(k, v) not in (v, None)}
+    if other:
+        raise ValueError(f"{name_or_path!r} differs from GPT-2 as our GPTModel builds it: {other}")
+    if on_hub:
+        weight_paths = [fetch("model.safetensors")]
+    else:
+        index = folder / "model.safetensors.index.json"
+        shards = (sorted(set(json.loads(index.read_text())["weight_map"].values()))
+                  if index.is_file() else ["model.safetensors"])
+        weight_paths = [folder / s for s in shards]
+        if not all(p.is_file() for p in weight_paths):
+            raise FileNotFoundError(f"{folder} has no model.safetensors; save the model with "
+                                    "save_pretrained(folder) (safetensors is its default).")
+    cfg = {"vocab_size": hf["vocab_size"], "context_length": hf["n_positions"], "emb_dim": c,
+           "n_heads": hf["n_head"], "n_layers": hf["n_layer"], "drop_rate": 0.0, "qkv_bias": True}
+    gpt = (model_class or GPTModel)(cfg)
+    gpt.out_head.weight = gpt.tok_emb.weight  # weight tying, before anything is copied
+    ours, filled, head = dict(gpt.named_parameters()), set(), None
+    for path in weight_paths:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                short = key.removeprefix("transformer.")
+                if short.endswith((".attn.bias", ".attn.masked_bias")):
+                    continue  # the causal mask, a buffer: ours is built by MultiHeadAttention
+                if short == "lm_head.weight":
+                    head = f.get_tensor(key)
+                    continue
+                m = re.fullmatch(r"h\.(\d+)\.(.+)", short)
+                pattern = f"h.{{i}}.{m.group(2)}" if m else short
+                if pattern not in HF_GPT2_NAMES:
+                    raise ValueError(f"{key} in {Path(path).name} has no place in GPTModel.")
+                targets = [t.format(i=m.group(1) if m else "") for t in HF_GPT2_NAMES[pattern]]
+                tensor = f.get_tensor(key)
+                for target, part in zip(targets, tensor.chunk(len(targets), dim=-1)):
+                    if target not in ours or target in filled:
+                        raise ValueError(f"{key} -> {target}: not a parameter of this model, "
+                                         "or filled twice.")
+                    conv1d = short.endswith(".weight") and (".attn." in short or ".mlp." in short)
+                    assign_(ours[target], part.T if conv1d else part, f"{target} ({key})")
+                    filled.add(target)
+    if set(ours) != filled:
+        unset = sorted(set(ours) - filled)
+        raise ValueError(f"the checkpoint left these parameters unset: {unset}")
+    if head is not None and not torch.equal(head.to(gpt.tok_emb.weight.dtype),
+                                            gpt.tok_emb.weight.detach()):
+        raise ValueError("this checkpoint's lm_head differs from its token embedding; GPT-2 ties "
+                         "them, and so does our GPTModel.")
+    return gpt.eval()
+
+
+# GPTModel was built in notebook 03, before there were weights to load. Notebook 05 adds the
+# Hugging Face route to it here, so that GPTModel.from_pretrained("gpt2") works as in nanoGPT.
+GPTModel.from_pretrained = classmethod(
+    lambda cls, name_or_path: gpt_from_pretrained(name_or_path, model_class=cls))
 
 
 # ===== 06_classification_finetuning.ipynb =====
 
+def read_sms_spam(path):
+    """The SMS Spam Collection as a DataFrame with columns Label, Text: one row per line.
+
+    quoting=csv.QUOTE_NONE because a message may start with an unmatched `"`; keep_default_na
+    off so that no message (say "NA") is read as a missing value.
+    """
+    import csv
+
+    import pandas as pd
+
+    return pd.read_csv(path, sep="\t", header=None, names=["Label", "Text"], dtype=str,
+                       quoting=csv.QUOTE_NONE, keep_default_na=False)
+
+
+def create_balanced_dataset(df, seed=123):
+    """Keep every "spam" row and an equal number of "ham" rows, drawn at random (fixed seed)."""
+    import pandas as pd
+
+    spam = df[df["Label"] == "spam"]
+    ham = df[df["Label"] == "ham"]
+    if len(ham) < len(spam):
+        raise ValueError(f"there are fewer ham ({len(ham)}) than spam ({len(spam)}) messages; "
+                         "undersampling ham cannot balance them")
+    ham_subset = ham.sample(len(spam), random_state=seed)
+    return pd.concat([ham_subset, spam], ignore_index=True)
+
+
+def random_split(df, train_frac, validation_frac, seed=123):
+    """Shuffle the rows (fixed seed) and cut them into train, validation and test (the rest)."""
+    if train_frac < 0 or validation_frac < 0 or train_frac + validation_frac > 1:
+        raise ValueError(f"train_frac ({train_frac}) and validation_frac ({validation_frac}) "
+                         "must be non-negative and sum to at most 1")
+    df = df.sample(frac=1, random_state=seed).reset_index(drop=True)
+    train_end = int(len(df) * train_frac)
+    validation_end = train_end + int(len(df) * validation_frac)
+    return df[:train_end], df[train_end:validation_end], df[validation_end:]
+
+
+class SpamDataset(Dataset):
+    """(token ids (T,), label) pairs from a CSV with columns Text and Label (0 ham, 1 spam).
+
+    Every text is cut to `max_length` tokens, or (None) to the longest text's length, and padded
+    to that length with `pad_token_id`; a length beyond `context_length` is an error.
+    """
+
+    def __init__(self, csv_file, tokenizer, max_length=None, pad_token_id=50256,
+                 context_length=1024):
+        from pathlib import Path
+
+        import pandas as pd
+
+        name = Path(csv_file).name  # for messages
+        self.data = pd.read_csv(csv_file, dtype={"Text": str}, keep_default_na=False)
+        missing = sorted({"Text", "Label"} - set(self.data.columns))
+        if missing:
+            raise ValueError(f"{name} lacks the column(s) {missing}; SpamDataset needs a "
+                             "Text and a Label column")
+        if len(self.data) == 0:
+            raise ValueError(f"{name} holds no messages")
+        if not pd.api.types.is_integer_dtype(self.data["Label"]):
+            raise ValueError(f"the labels in {name} must be integers (0 = ham, 1 = spam), "
+                             f"not {self.data['Label'].iloc[0]!r}: map them before saving")
+        # disallowed_special=(): a message that contains "<|endoftext|>" is ordinary text here
+        self.encoded_texts = [tokenizer.encode(text, disallowed_special=())
+                              for text in self.data["Text"]]
+        longest = max(len(ids) for ids in self.encoded_texts)
+        if max_length is None:
+            if longest > context_length:
+                raise ValueError(
+                    f"the longest text in {name} has {longest} tokens, more than the model's "
+                    f"context length of {context_length}: pass max_length={context_length} (or "
+                    "less) to cut the texts")
+            max_length = longest
+        if not 1 <= max_length <= context_length:
+            raise ValueError(f"max_length must be between 1 and the context length "
+                             f"{context_length}, not {max_length} (are all texts empty?)")
+        self.max_length = max_length
+        padded = []
+        for ids in self.encoded_texts:
+            ids = ids[:max_length]  # cut
+            padded.append(ids + [pad_token_id] * (max_length - len(ids)))  # pad
+        self.encoded_texts = padded
+        self.labels = self.data["Label"].tolist()
+
+    def __getitem__(self, index):
+        return torch.tensor(self.encoded_texts[index]), torch.tensor(self.labels[index])
+
+    def __len__(self):
+        return len(self.data)
+
+
+def add_classification_head(model, num_classes=2, num_trainable_blocks=1):
+    """Freeze `model`, replace out_head by a new nn.Linear(C, num_classes) and make the last
+    `num_trainable_blocks` transformer blocks and final_norm trainable again; in place."""
+    if not 0 <= num_trainable_blocks <= len(model.trf_blocks):
+        raise ValueError(f"num_trainable_blocks must be between 0 and the model's "
+                         f"{len(model.trf_blocks)} blocks, not {num_trainable_blocks}")
+    for param in model.parameters():
+        param.requires_grad = False
+    # a new layer is trainable; it also ends out_head's weight sharing with tok_emb
+    model.out_head = nn.Linear(model.out_head.in_features, num_classes)
+    trainable = [model.final_norm]
+    if num_trainable_blocks:
+        trainable += list(model.trf_blocks[-num_trainable_blocks:])
+    for module in trainable:
+        for param in module.parameters():
+            param.requires_grad = True
+    return model
+
+
+def calc_accuracy_loader(data_loader, model, device, num_batches=None):
+    """Share of examples whose last-token class is the label, over the first `num_batches`."""
+    if len(data_loader) == 0:
+        return float("nan")
+    num_batches = len(data_loader) if num_batches is None else min(num_batches, len(data_loader))
+    was_training = model.training
+    model.eval()
+    correct, total = 0, 0
+    for i, (input_batch, target_batch) in enumerate(data_loader):
+        if i >= num_batches:
+            break
+        input_batch, target_batch = input_batch.to(device), target_batch.to(device)
+        with torch.no_grad():
+            logits = model(input_batch)[:, -1, :]  # (B, T, 2) -> (B, 2): the last token only
+        predicted = torch.argmax(logits, dim=-1)  # (B,)
+        correct += (predicted == target_batch).sum().item()
+        total += predicted.shape[0]
+    model.train(was_training)
+    return correct / total
+
+
+def calc_loss_batch_classifier(input_batch, target_batch, model, device):
+    """Cross-entropy of the last token's class logits for a (B, T) batch and its (B,) labels."""
+    input_batch, target_batch = input_batch.to(device), target_batch.to(device)
+    logits = model(input_batch)[:, -1, :]  # (B, T, 2) -> (B, 2)
+    return torch.nn.functional.cross_entropy(logits, target_batch)
+
+
+def calc_loss_loader_classifier(data_loader, model, device, num_batches=None):
+    """Average classification loss over the first `num_batches` batches (all by default)."""
+    if len(data_loader) == 0:
+        return float("nan")
+    num_batches = len(data_loader) if num_batches is None else min(num_batches, len(data_loader))
+    total_loss = 0.0
+    for i, (input_batch, target_batch) in enumerate(data_loader):
+        if i >= num_batches:
+            break
+        total_loss += calc_loss_batch_classifier(input_batch, target_batch, model, device).item()
+    return total_loss / num_batches
+
+
+def evaluate_model_classifier(model, train_loader, val_loader, device, eval_iter):
+    """Training and validation classification loss over `eval_iter` batches each, no gradients."""
+    model.eval()
+    with torch.no_grad():
+        train_loss = calc_loss_loader_classifier(train_loader, model, device, eval_iter)
+        val_loss = calc_loss_loader_classifier(val_loader, model, device, eval_iter)
+    model.train()
+    return train_loss, val_loss
+
+
+def train_classifier_simple(model, train_loader, val_loader, optimizer, device, num_epochs,
+                            eval_freq, eval_iter):
+    """Fine-tuning loop; returns (train_losses, val_losses, train_accs, val_accs, examples_seen).
+
+    Losses every `eval_freq` steps on `eval_iter` batches; accuracies after each epoch on
+    `eval_iter` batches; a progress bar over the steps.
+    """
+    from tqdm.auto import tqdm
+
+    train_losses, val_losses, train_accs, val_accs = [], [], [], []
+    examples_seen, global_step = 0, -1
+    with tqdm(total=num_epochs * len(train_loader), desc="fine-tuning", unit="step") as bar:
+        for epoch in range(num_epochs):
+            model.train()
+            for input_batch, target_batch in train_loader:
+                optimizer.zero_grad()
+                loss = calc_loss_batch_classifier(input_batch, target_batch, model, device)
+                loss.backward()
+                optimizer.step()
+                examples_seen += input_batch.shape[0]
+                global_step += 1
+                bar.update(1)
+                if global_step % eval_freq == 0:
+                    train_loss, val_loss = evaluate_model_classifier(
+                        model, train_loader, val_loader, device, eval_iter)
+                    train_losses.append(train_loss)
+                    val_losses.append(val_loss)
+                    bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
+            train_acc = calc_accuracy_loader(train_loader, model, device, num_batches=eval_iter)
+            val_acc = calc_accuracy_loader(val_loader, model, device, num_batches=eval_iter)
+            train_accs.append(train_acc)
+            val_accs.append(val_acc)
+            bar.write(f"Epoch {epoch + 1}: train loss {train_losses[-1]:.3f}, "
+                      f"val loss {val_losses[-1]:.3f}; accuracy train {train_acc:.1%}, "
+                      f"val {val_acc:.1%}")
+    return train_losses, val_losses, train_accs, val_accs, examples_seen
+
+
+def plot_values(epochs_seen, examples_seen, train_values, val_values, label="loss"):
+    """Training and validation `label` against epochs, examples seen on a second x-axis."""
+    import matplotlib.pyplot as plt
+
+    fig, ax1 = plt.subplots(figsize=(5, 3))
+    ax1.plot(epochs_seen, train_values, label=f"Training {label}")
+    ax1.plot(epochs_seen, val_values, linestyle="-.", label=f"Validation {label}")
+    ax1.set_xlabel("Epochs")
+    ax1.set_ylabel(label.capitalize())
+    ax1.legend()
+    ax2 = ax1.twiny()  # a second x-axis sharing the same y-axis
+    ax2.plot(examples_seen, train_values, alpha=0)  # invisible: only aligns the ticks
+    ax2.set_xlabel("Examples seen")
+    fig.tight_layout()
+    return fig
+
+
+def classify_review(text, model, tokenizer, device, max_length=None, pad_token_id=50256):
+    """Classify one text as "spam" or "not spam" by its last token's output; the text is cut
+    to `max_length` (at most the context length) and padded to it like the training data."""
+    if not isinstance(text, str):
+        raise TypeError(f"classify_review needs a text (str), not {type(text).__name__}")
+    context_length = model.pos_emb.weight.shape[0]
+    if max_length is not None and max_length < 1:
+        raise ValueError(f"max_length must be at least 1, not {max_length}")
+    length = context_length if max_length is None else min(max_length, context_length)
+    input_ids = tokenizer.encode(text, disallowed_special=())[:length]
+    if not input_ids:
+        raise ValueError("the text is empty: there is nothing to classify")
+    if max_length is not None:
+        input_ids += [pad_token_id] * (length - len(input_ids))
+    input_tensor = torch.tensor(input_ids, device=device).unsqueeze(0)  # (T,) -> (1, T)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_tensor)[:, -1, :]  # (1, T, 2) -> (1, 2)
+    model.train(was_training)
+    return "spam" if torch.argmax(logits, dim=-1).item() == 1 else "not spam"
+
 
 # ===== 07_instruction_finetuning.ipynb =====
+
+def validate_instruction_data(data):
+    """Check that `data` is a list of {instruction, input, output} string entries; return it.
+
+    Raises ValueError naming the index of each malformed entry ("entry 17: ...").
+    """
+    if not isinstance(data, list):
+        raise ValueError(f"the instruction data must be a list of entries, "
+                         f"not a {type(data).__name__}")
+    problems = []
+    for i, entry in enumerate(data):
+        if not isinstance(entry, dict):
+            problems.append(f"entry {i}: should be a dict, not {type(entry).__name__}")
+            continue
+        for key in ("instruction", "input", "output"):
+            if key not in entry:
+                problems.append(f"entry {i}: the key {key!r} is missing")
+            elif not isinstance(entry[key], str):
+                problems.append(f"entry {i}: {key!r} should be a str, not "
+                                f"{type(entry[key]).__name__}")
+        if isinstance(entry.get("instruction"), str) and not entry["instruction"].strip():
+            problems.append(f"entry {i}: 'instruction' is empty")
+    if problems:
+        more = f" (and {len(problems) - 5} more problems)" if len(problems) > 5 else ""
+        raise ValueError("; ".join(problems[:5]) + more + ". Every entry needs the keys "
+                         "'instruction', 'input' (may be empty) and 'output', all strings.")
+    return data
+
+
+def format_input(entry):
+    """The Alpaca-style prompt of one entry (with an '### Input:' section only if input is set)."""
+    instruction_text = (
+        "Below is an instruction that describes a task. "
+        "Write a response that appropriately completes the request."
+        f"\n\n### Instruction:\n{entry['instruction']}"
+    )
+    input_text = f"\n\n### Input:\n{entry['input']}" if entry["input"] else ""
+    return instruction_text + input_text
+
+
+def split_instruction_data(data, train_frac=0.85, test_frac=0.10):
+    """(train, val, test) slices of `data` in file order: 85% / 5% / 10% by default."""
+    train_end = int(len(data) * train_frac)
+    test_end = train_end + int(len(data) * test_frac)
+    train_data, test_data, val_data = data[:train_end], data[train_end:test_end], data[test_end:]
+    return train_data, val_data, test_data
+
+
+class InstructionDataset(Dataset):
+    """The entries tokenised once, each as format_input(entry) + the response section."""
+
+    def __init__(self, data, tokenizer):
+        self.data = validate_instruction_data(data)
+        self.encoded_texts = []
+        for entry in data:
+            full_text = format_input(entry) + f"\n\n### Response:\n{entry['output']}"
+            self.encoded_texts.append(tokenizer.encode(full_text))
+
+    def __getitem__(self, index):
+        return self.encoded_texts[index]
+
+    def __len__(self):
+        return len(self.data)
+
+
+def custom_collate_fn(batch, pad_token_id=50256, ignore_index=-100, allowed_max_length=None,
+                      device="cpu"):
+    """Lists of token ids -> (inputs, targets), each (B, T), padded with `pad_token_id`.
+
+    Every sequence gets one end-of-text token; targets are inputs shifted by one, and every
+    target after that first end-of-text token becomes `ignore_index`. Optional truncation.
+    """
+    if len(batch) == 0 or any(len(item) == 0 for item in batch):
+        raise ValueError("custom_collate_fn needs a non-empty batch of non-empty token lists")
+    batch_max_length = max(len(item) + 1 for item in batch)  # room for one end-of-text token
+    inputs_lst, targets_lst = [], []
+    for item in batch:
+        item = list(item)
+        padded = item + [pad_token_id] * (batch_max_length - len(item))
+        inputs = torch.tensor(padded[:-1])
+        targets = torch.tensor(padded[1:])  # the next token at each position
+        # the sequence ends at its first appended end-of-text token, or at its own if it has one
+        end = len(item) - 1 if item[-1] == pad_token_id else len(item)
+        targets[end:] = ignore_index  # targets[end - 1] is that end-of-text token: kept
+        if allowed_max_length is not None:
+            inputs, targets = inputs[:allowed_max_length], targets[:allowed_max_length]
+        inputs_lst.append(inputs)
+        targets_lst.append(targets)
+    inputs_tensor = torch.stack(inputs_lst).to(device)  # (B, T)
+    targets_tensor = torch.stack(targets_lst).to(device)  # (B, T)
+    return inputs_tensor, targets_tensor
+
+
+def extract_response(generated_text, prompt):
+    """The model's answer in `generated_text`: what follows `prompt` and the '### Response:' tag."""
+    if generated_text.startswith(prompt):
+        generated_text = generated_text[len(prompt):]
+    return generated_text.split("### Response:", 1)[-1].strip()
+
+
+def rouge_l_f1(candidate, reference):
+    """ROUGE-L F1 of two texts: their longest common subsequence of lower-cased words."""
+    import re
+
+    cand = re.findall(r"[a-z0-9]+", candidate.lower())
+    ref = re.findall(r"[a-z0-9]+", reference.lower())
+    if not cand or not ref:
+        return 0.0
+    prev = [0] * (len(ref) + 1)  # LCS lengths of cand[:i] with every prefix of ref
+    for word in cand:
+        row = [0]
+        for j, ref_word in enumerate(ref):
+            row.append(prev[j] + 1 if word == ref_word else max(prev[j + 1], row[j]))
+        prev = row
+    lcs = prev[-1]
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(cand), lcs / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def ollama_base_url(host):
+    """Ollama's base URL from a host like "http://localhost:11434" or "127.0.0.1:11434"."""
+    host = host.strip().rstrip("/")
+    return host if "://" in host else f"http://{host}"
+
+
+def check_if_running(host="http://localhost:11434", timeout=2.0):
+    """True if an Ollama server answers at `host` (GET /api/version within `timeout` seconds)."""
+    import requests
+
+    try:
+        r = requests.get(f"{ollama_base_url(host)}/api/version", timeout=timeout)
+        return r.ok and "version" in r.json()  # Ollama answers {"version": "0.x.y"}
+    except (requests.RequestException, ValueError, TypeError):  # down, or not Ollama
+        return False
+
+
+def query_model(prompt, model="llama3", host="http://localhost:11434", timeout=120.0):
+    """Send `prompt` to Ollama's chat endpoint and return the reply it streams back.
+
+    POST /api/chat answers with JSON lines: {"message": {"content": "..."}, "done": false} ...
+    {"done": true}. Raises RuntimeError saying what to do if that fails or is not what comes.
+    """
+    import json
+
+    import requests
+
+    url = f"{ollama_base_url(host)}/api/chat"
+    payload = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "options": {"seed": 123, "temperature": 0, "num_ctx": 2048},  # the same scores each run
+        "stream": True,
+    }
+    try:
+        with requests.post(url, json=payload, stream=True, timeout=timeout) as r:
+            if r.status_code != 200:
+                raise RuntimeError(
+                    f"{url} answered HTTP {r.status_code}: {r.text[:200]!r}. If the model is "
+                    f"missing, fetch it with `ollama pull {model}`.")
+            reply = []
+            for line in r.iter_lines():
+                if not line.strip():
+                    continue
+                try:
+                    chunk = json.loads(line)
+                except json.JSONDecodeError:
+                    chunk = None
+                if not isinstance(chunk, dict):
+                    raise RuntimeError(
+                        f"{url} answered {line[:80]!r}, which is not one of the JSON lines "
+                        "Ollama's chat endpoint streams. Is the server at that address Ollama?")
+                if "error" in chunk:
+                    raise RuntimeError(f"Ollama reported an error: {chunk['error']}")
+                message = chunk.get("message") or {}
+                reply.append(message.get("content", "") if isinstance(message, dict) else "")
+                if chunk.get("done"):
+                    return "".join(reply)
+    except requests.RequestException as e:
+        raise RuntimeError(
+            f"Could not talk to Ollama at {host} ({type(e).__name__}: {e}). Start it with "
+            f"`ollama serve` (and fetch the model once with `ollama pull {model}`).") from e
+    raise RuntimeError(f"{url} ended its answer without the final line that says done: true")
+
+
+def parse_score(text):
+    """The 0-100 score in a judge's reply ("85", "Score: 85.", "85/100"); None if the reply
+    holds no single clear number in that range (e.g. "I cannot tell", "between 60 and 70")."""
+    import re
+
+    out_of_100 = re.search(r"(\d+(?:\.\d+)?)\s*(?:/|out of)\s*100\b", text)
+    numbers = {out_of_100.group(1)} if out_of_100 else set(re.findall(r"\d+(?:\.\d+)?", text))
+    if len(numbers) != 1:
+        return None
+    value = float(numbers.pop())
+    return round(value) if 0 <= value <= 100 else None
+
+
+def format_judge_prompt(entry, json_key="model_response"):
+    """The question put to the judge: instruction, reference answer, the answer to score."""
+    return (
+        f"Here is an instruction, possibly with an input:\n\n{format_input(entry)}\n\n"
+        f"A correct answer is:\n{entry['output']}\n\n"
+        f"Score the following answer from 0 (wrong or useless) to 100 (as good as the "
+        f"correct answer):\n{entry[json_key]}\n\nReply with the integer score only."
+    )
+
+
+def generate_model_scores(json_data, json_key="model_response", model="llama3",
+                          host="http://localhost:11434"):
+    """The judge's score (0-100, or None where its reply held no clear score) of each entry's
+    `json_key` answer, compared with the entry's reference output."""
+    from tqdm.auto import tqdm
+
+    scores = []
+    for entry in tqdm(json_data, desc="Scoring entries"):
+        reply = query_model(format_judge_prompt(entry, json_key), model=model, host=host)
+        scores.append(parse_score(reply))
+    return scores
