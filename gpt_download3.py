@@ -117,18 +117,19 @@ def _fetch(file_name, dest: Path, urls, expected_size, attempts=3):
         for _ in range(attempts):
             before = part.stat().st_size if part.exists() else 0
             try:
-                return download_file(url, dest, expected_size=expected_size, desc=file_name)
+                return download_file(url, dest, expected_size=expected_size, desc=file_name,
+                                     manual_hint=False)
             except DownloadError as e:
-                problems.append(f"{url}: {e}")
+                problems.append(str(e))
                 if (part.stat().st_size if part.exists() else 0) <= before:
                     break  # no progress from this URL: try the next one
-    raise DownloadError("\n  - ".join([f"Could not download {file_name}:"] + problems))
+    raise DownloadError("\n  - ".join([f"Could not download {file_name}; tried:"] + problems))
 
 
 def _where_to_get(model_dir: Path, model_size) -> str:
     size = model_size if model_size in MODEL_SIZES else "124M"
     return (f"Put OpenAI's seven files ({', '.join(CHECKPOINT_FILES)}) into {model_dir}: from "
-            f"{gpt2_file_urls(size, '<file>')[0]} (for sizes {', '.join(MODEL_SIZES)}), or from "
+            f"{BASE_URLS[0]}/{size}/<file name> (sizes {', '.join(MODEL_SIZES)}), or from "
             f"the Kaggle dataset xhlulu/openai-gpt2-weights ({KAGGLE_DATASET}), unzipped so "
             f"that the folder holds them directly.")
 
@@ -161,13 +162,9 @@ def download_gpt2_files(model_size, models_dir, base_urls=None) -> Path:
     from course_data import DownloadError
 
     model_dir.mkdir(parents=True, exist_ok=True)
-    # hparams.json first: for sizes without a published size list it tells the shard's size.
-    todo.sort(key=lambda f: (f != "hparams.json", f == _DATA_FILE))
+    todo.sort(key=lambda f: f == _DATA_FILE)  # the small files first: problems show early
     for name in todo:
         dest = model_dir / name
-        if name not in sizes and name == _DATA_FILE:
-            hp = json.loads((model_dir / "hparams.json").read_text(encoding="utf-8"))
-            sizes[name] = 4 * count_gpt2_params(hp)
         if dest.is_file():  # wrong size: a cut-short copy is resumed, anything else replaced
             part = dest.with_name(dest.name + ".part")
             if dest.stat().st_size < sizes.get(name, -1) and not part.exists():

@@ -797,6 +797,7 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
 def plot_values(epochs_seen, examples_seen, train_values, val_values, label="loss"):
     """Training and validation `label` against epochs, examples seen on a second x-axis."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax1 = plt.subplots(figsize=(5, 3))
     ax1.plot(epochs_seen, train_values, label=f"Training {label}")
@@ -804,6 +805,7 @@ def plot_values(epochs_seen, examples_seen, train_values, val_values, label="los
     ax1.set_xlabel("Epochs")
     ax1.set_ylabel(label.capitalize())
     ax1.legend()
+    ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax2 = ax1.twiny()  # a second x-axis sharing the same y-axis
     ax2.plot(examples_seen, train_values, alpha=0)  # invisible: only aligns the ticks
     ax2.set_xlabel("Examples seen")
@@ -957,9 +959,16 @@ def rouge_l_f1(candidate, reference):
 
 
 def ollama_base_url(host):
-    """Ollama's base URL from a host like "http://localhost:11434" or "127.0.0.1:11434"."""
+    """Ollama's base URL from a host written as OLLAMA_HOST allows: "http://localhost:11434",
+    "127.0.0.1:11434", "0.0.0.0" (no scheme means http, and then no port means 11434)."""
+    from urllib.parse import urlsplit
+
     host = host.strip().rstrip("/")
-    return host if "://" in host else f"http://{host}"
+    if "://" not in host:
+        host = f"http://{host}"
+        if urlsplit(host).port is None:
+            host += ":11434"  # Ollama's default port
+    return host
 
 
 def check_if_running(host="http://localhost:11434", timeout=2.0):

@@ -286,3 +286,40 @@ def test_a_complete_folder_needs_no_network(storage, tiny_dir, tmp_path):
     shutil.copytree(tiny_dir, tmp_path / "tiny-test")
     g.download_and_load_gpt2("tiny-test", tmp_path, base_urls=[f"{url}/primary"])
     assert server.log == []
+
+
+def test_a_cut_short_file_from_elsewhere_is_resumed(storage, tiny_dir, tmp_path):
+    url, server = storage
+    folder = tmp_path / "tiny-test"
+    shutil.copytree(tiny_dir, folder)
+    data = (tiny_dir / DATA).read_bytes()
+    (folder / DATA).write_bytes(data[:1_000_000])  # e.g. a browser download that stopped
+    server.modes = {"primary": "ok"}
+    g.download_and_load_gpt2("tiny-test", tmp_path, base_urls=[f"{url}/primary"])
+    assert server.log == [("primary", f"tiny-test/{DATA}", "bytes=1000000-")]
+    assert_same_files(folder, tiny_dir)
+
+
+def test_a_released_size_folder_with_another_models_files(tiny_dir, tmp_path, monkeypatch):
+    shutil.copytree(tiny_dir, tmp_path / "124M")
+    sizes = {f: (tiny_dir / f).stat().st_size for f in g.CHECKPOINT_FILES}
+    monkeypatch.setattr(g, "PUBLISHED_SIZES", {**g.PUBLISHED_SIZES, "124M": sizes})
+    with pytest.raises(g.CheckpointError, match="but OpenAI's 124M model has .*'n_embd': 768"):
+        g.download_and_load_gpt2("124M", tmp_path)
+
+
+def test_an_index_of_many_blocks(tmp_path):
+    """Thousands of long names: TensorFlow spreads the index over several table blocks."""
+    tf = pytest.importorskip("tensorflow")
+    names = [hashlib.sha256(str(i).encode()).hexdigest() * 2 for i in range(4000)]  # unshared
+    values = [np.full(2, i, np.float32) for i in range(4000)]
+    tf.raw_ops.SaveV2(prefix=str(tmp_path / "model.ckpt"), tensor_names=names,
+                      shape_and_slices=[""] * len(names), tensors=values)
+    index = (tmp_path / "model.ckpt.index").read_bytes()
+    footer = index[-48:]
+    _, pos = g._varint(footer, 0, "")
+    _, pos = g._varint(footer, pos, "")
+    assert len(list(g._table_block(index, footer[pos:], ""))) >= 2  # two data blocks or more
+    got = g.read_tf_checkpoint(str(tmp_path / "model.ckpt"))
+    assert list(got) == sorted(names)
+    assert all(got[n].tolist() == [i, i] for i, n in enumerate(names))

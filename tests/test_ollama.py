@@ -145,6 +145,9 @@ def test_query_model_speaks_the_chat_wire_format(server):
 def test_host_without_scheme(server):
     host = server.host.removeprefix("http://") + "/"
     assert ollama_base_url(host) == server.host
+    assert ollama_base_url("0.0.0.0") == "http://0.0.0.0:11434"
+    assert ollama_base_url(" http://localhost:11434/ ") == "http://localhost:11434"
+    assert ollama_base_url("https://judge.example.org") == "https://judge.example.org"
     assert query_model("hi", host=host) == "85"
 
 

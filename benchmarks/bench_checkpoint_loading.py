@@ -1,0 +1,223 @@
+"""Time and measure loading a full-size GPT-2 124M checkpoint, each route in a fresh process.
+
+Writes a random checkpoint of the 124M model in OpenAI's exact layout (TensorFlow's SaveV2 op, a
+497,759,232-byte data shard) to a temporary folder once, then runs every contender in its own
+Python process and prints whole-process wall time (interpreter start to exit), the time spent
+importing TensorFlow, and the peak resident memory (the child's ru_maxrss; Linux's VmHWM as a
+cross-check). The shard stays in
+the operating system's page cache, so every route reads it warm.
+
+Run: .venv/bin/python benchmarks/bench_checkpoint_loading.py [--repeat 3]
+Targets (issue 5): (a) >= 5x faster than (b) as whole processes, peak < 1.2x the shard;
+(c) built-in route <= 2.5x the shard at peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HPARAMS = {"n_vocab": 50257, "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12}
+DATA = "model.ckpt.data-00000-of-00001"
+
+CONTENDERS = {  # key: (label, code run in the child; `folder` is the models dir)
+    "a": ("(a) files -> params, numpy reader (CRC on)", "numpy_params"),
+    "a+": ("(a') the same, then every array read once", "numpy_params_touched"),
+    "b": ("(b) files -> params, tf.train.load_variable loop", "tf_loop_params"),
+    "b+": ("(b') files -> params, our reader='tensorflow'", "tf_reader_params"),
+    "c": ("(c) files -> GPTModel, numpy reader", "numpy_model"),
+    "c-tf": ("(c) files -> GPTModel, tf.train.load_variable loop", "tf_loop_model"),
+    "c-hf": ("(c) files -> GPTModel, from_pretrained (safetensors)", "hf_model"),
+}
+
+
+def write_checkpoint(folder: Path) -> None:
+    """A random 124M GPT-2 in OpenAI's layout, plus the same weights as a Hugging Face folder."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import numpy as np
+    import tensorflow as tf
+
+    sys.path.insert(0, str(ROOT))
+    from tests.tiny_checkpoint import random_gpt2_tensors, tokenizer_files_from_tiktoken_cache
+
+    model_dir = folder / "124M-random"
+    model_dir.mkdir(parents=True)
+    tensors = random_gpt2_tensors(HPARAMS, seed=123)
+    names = sorted(tensors)
+    tf.raw_ops.SaveV2(prefix=str(model_dir / "model.ckpt"), tensor_names=names,
+                      shape_and_slices=[""] * len(names), tensors=[tensors[n] for n in names])
+    (model_dir / "checkpoint").write_text('model_checkpoint_path: "model.ckpt"\n'
+                                          'all_model_checkpoint_paths: "model.ckpt"\n')
+    (model_dir / "model.ckpt.meta").write_bytes(b"")  # the graph: not read by any route
+    (model_dir / "hparams.json").write_text(json.dumps(HPARAMS))
+    for name, src in tokenizer_files_from_tiktoken_cache().items():
+        shutil.copyfile(src, model_dir / name)
+    assert (model_dir / DATA).stat().st_size == 497_759_232
+
+    from safetensors.numpy import save_file  # the Hugging Face layout of the same weights
+
+    hf = {"wte.weight": tensors["model/wte"], "wpe.weight": tensors["model/wpe"],
+          "ln_f.weight": tensors["model/ln_f/g"], "ln_f.bias": tensors["model/ln_f/b"]}
+    for i in range(HPARAMS["n_layer"]):
+        for sub in ["attn/c_attn", "attn/c_proj", "mlp/c_fc", "mlp/c_proj"]:
+            hf[f"h.{i}.{sub.replace('/', '.')}.weight"] = tensors[f"model/h{i}/{sub}/w"][0]
+            hf[f"h.{i}.{sub.replace('/', '.')}.bias"] = tensors[f"model/h{i}/{sub}/b"]
+        for ln in ["ln_1", "ln_2"]:
+            hf[f"h.{i}.{ln}.weight"] = tensors[f"model/h{i}/{ln}/g"]
+            hf[f"h.{i}.{ln}.bias"] = tensors[f"model/h{i}/{ln}/b"]
+    (folder / "hf").mkdir()
+    save_file({k: np.ascontiguousarray(v) for k, v in hf.items()},
+              str(folder / "hf" / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "hf" / "config.json").write_text(json.dumps(
+        {"model_type": "gpt2", "vocab_size": 50257, "n_positions": 1024, "n_embd": 768,
+         "n_head": 12, "n_layer": 12, "activation_function": "gelu_new",
+         "layer_norm_epsilon": 1e-5}))
+
+
+# ----- what each child process runs ------------------------------------------------------------
+
+def _import_tf():
+    start = time.perf_counter()
+    import tensorflow as tf
+
+    return tf, time.perf_counter() - start
+
+
+def _tf_loop(tf, ckpt):
+    """The common course code: one tf.train.load_variable call per variable."""
+    import numpy as np
+
+    params = {"blocks": [{} for _ in range(HPARAMS["n_layer"])]}
+    for name, _ in tf.train.list_variables(ckpt):
+        array = np.squeeze(tf.train.load_variable(ckpt, name))
+        parts = name.split("/")[1:]
+        target = params
+        if parts[0].startswith("h"):
+            target = params["blocks"][int(parts[0][1:])]
+        for key in parts[1:-1]:
+            target = target.setdefault(key, {})
+        target[parts[-1]] = array
+    return params
+
+
+def child(kind: str, folder: Path) -> dict:
+    import gpt_download3
+
+    tf_import = 0.0
+    ckpt = str(folder / "124M-random" / "model.ckpt")
+    if kind in ("numpy_params", "numpy_params_touched", "numpy_model"):
+        settings, params = gpt_download3.download_and_load_gpt2("124M-random", folder)
+    elif kind in ("tf_loop_params", "tf_loop_model"):
+        tf, tf_import = _import_tf()
+        settings, params = HPARAMS, _tf_loop(tf, ckpt)
+    elif kind == "tf_reader_params":
+        tf, tf_import = _import_tf()
+        settings, params = gpt_download3.download_and_load_gpt2("124M-random", folder,
+                                                                reader="tensorflow")
+    if kind == "numpy_params_touched":
+        total = float(params["wte"].sum()) + float(params["wpe"].sum())
+        for block in params["blocks"]:
+            for sub in block.values():
+                for leaf in sub.values():
+                    total += float(leaf["w"].sum() if isinstance(leaf, dict) else leaf.sum())
+    if kind.endswith("_model"):
+        from previous_chapters import GPTModel, config_from_hparams, load_weights_into_gpt
+
+        if kind == "hf_model":
+            gpt = GPTModel.from_pretrained(folder / "hf")
+        else:
+            gpt = load_weights_into_gpt(GPTModel(config_from_hparams(settings)), params).eval()
+        assert gpt.out_head.weight is gpt.tok_emb.weight
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {"tf_import": tf_import, "peak_bytes": peak_kb * 1024, "hwm_bytes": _vm_hwm()}
+
+
+def _vm_hwm():
+    """Linux's own peak-RSS figure for this process image (VmHWM), a cross-check; else 0."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run_child(kind: str, folder: Path) -> dict:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+           "TIKTOKEN_CACHE_DIR": str(folder / "tiktoken-cache")}
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, __file__, "--child", kind, str(folder)], env=env,
+                         capture_output=True, text=True, cwd=ROOT)
+    wall = time.perf_counter() - start
+    if out.returncode:
+        raise RuntimeError(f"{kind} failed:\n{out.stderr[-3000:]}")
+    return {**json.loads(out.stdout.strip().splitlines()[-1]), "wall": wall}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3, help="runs per contender (median)")
+    parser.add_argument("--only", nargs="*", choices=list(CONTENDERS), help="contenders to run")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--write", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.write:
+        write_checkpoint(Path(args.write))
+        return
+    if args.child:
+        sys.path.insert(0, str(ROOT))
+        print(json.dumps(child(args.child[0], Path(args.child[1]))))
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-ckpt-") as tmp:
+        folder = Path(tmp)
+        start = time.perf_counter()
+        # Written by a child process too: a child inherits its parent's peak-memory figure
+        # (ru_maxrss), so this process must stay small for the children's figures to be theirs.
+        subprocess.run([sys.executable, __file__, "--write", str(folder)], check=True, cwd=ROOT,
+                       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        shard = (folder / "124M-random" / DATA).stat().st_size
+        print(f"wrote a random 124M checkpoint ({shard:,}-byte shard) and its safetensors twin "
+              f"in {time.perf_counter() - start:.1f} s; {args.repeat} run(s) per contender, "
+              f"median wall time, largest peak memory\n")
+        results = {}
+        print(f"{'contender':54} {'wall s':>7} {'TF import s':>11} {'peak MB':>8} {'x shard':>7} "
+              f"{'VmHWM MB':>8}")
+        for key in args.only or CONTENDERS:
+            label, kind = CONTENDERS[key]
+            runs = [run_child(kind, folder) for _ in range(args.repeat)]
+            r = {"wall": statistics.median(x["wall"] for x in runs),
+                 "tf_import": statistics.median(x["tf_import"] for x in runs),
+                 "peak": max(x["peak_bytes"] for x in runs),
+                 "hwm": max(x["hwm_bytes"] for x in runs)}
+            results[key] = r
+            tf_col = f"{r['tf_import']:.2f}" if r["tf_import"] else "-"
+            print(f"{label:54} {r['wall']:7.2f} {tf_col:>11} {r['peak'] / 1e6:8.0f} "
+                  f"{r['peak'] / shard:7.2f} {r['hwm'] / 1e6:8.0f}", flush=True)
+        print()
+        if {"a", "b"} <= results.keys():
+            speedup = results["b"]["wall"] / results["a"]["wall"]
+            print(f"(a) vs (b): {speedup:.1f}x faster (target >= 5x): "
+                  f"{'met' if speedup >= 5 else 'NOT met'}")
+            ratio = results["a"]["peak"] / shard
+            print(f"(a) peak {ratio:.2f}x the shard (target < 1.2x): "
+                  f"{'met' if ratio < 1.2 else 'NOT met'}")
+        if "c" in results:
+            ratio = results["c"]["peak"] / shard
+            print(f"(c) built-in route peak {ratio:.2f}x the shard (target <= 2.5x): "
+                  f"{'met' if ratio <= 2.5 else 'NOT met'}")
+        print("The machine may be shared: wall times are noisy; compare them within one run.")
+
+
+if __name__ == "__main__":
+    main()
