@@ -265,8 +265,12 @@ def text_to_token_ids(text, tokenizer):
 
 def token_ids_to_text(token_ids, tokenizer):
     """A (1, T) or (T,) tensor of token ids -> text."""
-    flat = token_ids.squeeze(0)  # remove the batch dimension
-    return tokenizer.decode(flat.tolist())
+    if token_ids.dim() == 2 and token_ids.shape[0] == 1:
+        token_ids = token_ids[0]  # remove the batch dimension: (1, T) -> (T,)
+    if token_ids.dim() != 1:
+        raise ValueError(f"token_ids_to_text decodes one sequence, of shape (1, T) or (T,), not "
+                         f"{tuple(token_ids.shape)}; decode a batch row by row.")
+    return tokenizer.decode(token_ids.tolist())
 
 
 def calc_loss_batch(input_batch, target_batch, model, device):
@@ -322,6 +326,9 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
     """
     from tqdm.auto import tqdm
 
+    if eval_freq < 1 or eval_iter < 1:
+        raise ValueError(f"eval_freq and eval_iter must be at least 1, "
+                         f"not {eval_freq} and {eval_iter}")
     train_losses, val_losses, track_tokens_seen = [], [], []
     tokens_seen, global_step = 0, -1
     with tqdm(total=num_epochs * len(train_loader), desc="training", unit="step") as bar:
