@@ -1,0 +1,258 @@
+"""Generation and training speed of our GPT-2 124M against Hugging Face's, each in a fresh process.
+
+Protocol (issue 8): the same random 124M weights in every contender (written once to a temporary
+file, loaded by each child), fp32, torch.set_num_threads(2).
+- Generation: batch 1, greedy, an 8-token prompt, 200 and 1,000 new tokens (context length 1024):
+  ours naive (`generate_text_simple`, the lectures' loop), ours with the KV cache (`generate`),
+  and transformers' GPT2LMHeadModel.generate(use_cache=True, do_sample=False); tokens per second
+  (new tokens / wall time of the call, after a short warm-up) and the ratio to Hugging Face.
+- Training: one step (forward, cross-entropy, backward, AdamW) at batch 4 x 256 tokens, dropout
+  0.1 as GPT_CONFIG_124M: ours with the head tied to the token embedding, ours untied (the
+  lectures' GPTModel), and Hugging Face's GPT-2; tokens per second (median of the timed steps
+  after warm-up) and peak resident memory of the whole child process (ru_maxrss).
+
+Run: .venv/bin/python benchmarks/bench_generation_training.py [--steps 5] [--no-naive-1000]
+Targets (issue 8): cached generation >= 1.3x Hugging Face at 200 and at 1,000 new tokens;
+training >= 1.2x Hugging Face's tokens/s with peak memory <= 0.7x Hugging Face's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CFG = {"vocab_size": 50257, "context_length": 1024, "emb_dim": 768, "n_heads": 12,
+       "n_layers": 12, "drop_rate": 0.1, "qkv_bias": True}  # GPT-2 124M (biases like GPT-2)
+PROMPT_TOKENS, TRAIN_BATCH, TRAIN_TOKENS, THREADS = 8, 4, 256, 2
+
+
+def write_weights(path: Path) -> None:
+    """Random 124M weights of our GPTModel (head tied, as GPT-2), saved as a state dict."""
+    import torch
+
+    from previous_chapters import GPTModel
+
+    torch.manual_seed(123)
+    model = GPTModel(CFG)
+    model.out_head.weight = model.tok_emb.weight
+    torch.save(model.state_dict(), path)
+
+
+def copy_gpt_into_hf(sd, hf) -> None:
+    """Copy our GPTModel state dict `sd` into a transformers GPT2LMHeadModel. HF's Conv1D keeps
+    weights as (in, out), nn.Linear as (out, in); c_attn is query, key, value side by side."""
+    import torch
+
+    hf_sd = hf.state_dict()
+    with torch.no_grad():
+        hf_sd["transformer.wte.weight"].copy_(sd["tok_emb.weight"])
+        hf_sd["transformer.wpe.weight"].copy_(sd["pos_emb.weight"])
+        for i in range(CFG["n_layers"]):
+            ours, theirs = f"trf_blocks.{i}.", f"transformer.h.{i}."
+            qkv = [ours + f"att.{name}" for name in ("W_query", "W_key", "W_value")]
+            hf_sd[theirs + "attn.c_attn.weight"].copy_(
+                torch.cat([sd[n + ".weight"] for n in qkv]).T)  # (3C, C) -> (C, 3C)
+            hf_sd[theirs + "attn.c_attn.bias"].copy_(torch.cat([sd[n + ".bias"] for n in qkv]))
+            for o, t in [("att.out_proj", "attn.c_proj"), ("ff.layers.0", "mlp.c_fc"),
+                         ("ff.layers.2", "mlp.c_proj")]:
+                hf_sd[theirs + t + ".weight"].copy_(sd[ours + o + ".weight"].T)
+                hf_sd[theirs + t + ".bias"].copy_(sd[ours + o + ".bias"])
+            for o, t in [("norm1", "ln_1"), ("norm2", "ln_2")]:
+                hf_sd[theirs + t + ".weight"].copy_(sd[ours + o + ".scale"])
+                hf_sd[theirs + t + ".bias"].copy_(sd[ours + o + ".shift"])
+        hf_sd["transformer.ln_f.weight"].copy_(sd["final_norm.scale"])
+        hf_sd["transformer.ln_f.bias"].copy_(sd["final_norm.shift"])
+    assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()  # tied
+
+
+def build(kind: str, weights: Path, drop_rate: float):
+    """The contender's model with the shared weights (the mapped file is released after)."""
+    import torch
+
+    sd = torch.load(weights, mmap=True, weights_only=True)
+    if kind == "hf":
+        import transformers
+
+        config = transformers.GPT2Config(
+            vocab_size=CFG["vocab_size"], n_positions=CFG["context_length"],
+            n_embd=CFG["emb_dim"], n_layer=CFG["n_layers"], n_head=CFG["n_heads"],
+            resid_pdrop=drop_rate, embd_pdrop=drop_rate, attn_pdrop=drop_rate,
+            layer_norm_epsilon=1e-5, activation_function="gelu_new")
+        model = transformers.GPT2LMHeadModel(config)
+        copy_gpt_into_hf(sd, model)
+    else:
+        from previous_chapters import GPTModel
+
+        model = GPTModel({**CFG, "drop_rate": drop_rate})
+        if kind != "untied":
+            model.out_head.weight = model.tok_emb.weight
+        model.load_state_dict(sd)  # untied: the head starts as a copy of the embedding
+    del sd
+    return model
+
+
+def child_generate(kind: str, weights: Path, new_tokens: int) -> dict:
+    import torch
+
+    from previous_chapters import generate, generate_text_simple
+
+    torch.set_num_threads(THREADS)
+    model = build("hf" if kind == "hf" else "tied", weights, drop_rate=0.0).eval()
+    idx = torch.randint(0, CFG["vocab_size"], (1, PROMPT_TOKENS),
+                        generator=torch.Generator().manual_seed(0))
+    ctx = CFG["context_length"]
+
+    def run(n):
+        if kind == "naive":
+            return generate_text_simple(model, idx, n, ctx)
+        if kind == "cached":
+            return generate(model, idx, n, ctx)
+        with torch.no_grad():
+            return model.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=n,
+                                  min_new_tokens=n, do_sample=False, use_cache=True,
+                                  pad_token_id=50256)
+
+    run(4)  # warm-up
+    start = time.perf_counter()
+    out = run(new_tokens)
+    seconds = time.perf_counter() - start
+    assert out.shape == (1, PROMPT_TOKENS + new_tokens), out.shape
+    return {"seconds": seconds, "tokens_per_s": new_tokens / seconds,
+            "ids": out[0, PROMPT_TOKENS:].tolist()}
+
+
+def child_train(kind: str, weights: Path, steps: int) -> dict:
+    import torch
+
+    torch.set_num_threads(THREADS)
+    model = build(kind, weights, drop_rate=CFG["drop_rate"]).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1)
+    data = torch.randint(0, CFG["vocab_size"], (TRAIN_BATCH, TRAIN_TOKENS + 1),
+                         generator=torch.Generator().manual_seed(1))
+    inputs, targets = data[:, :-1], data[:, 1:]
+    torch.manual_seed(0)
+    times, losses = [], []
+    for _ in range(2 + steps):  # 2 warm-up steps
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        logits = model(inputs)
+        logits = logits if kind != "hf" else logits.logits  # (B, T, V)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+        losses.append(loss.item())
+        del logits, loss
+    step = statistics.median(times[2:])
+    return {"step_s": step, "tokens_per_s": TRAIN_BATCH * TRAIN_TOKENS / step,
+            "peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "first_loss": losses[0]}
+
+
+def cpu_name() -> str:
+    """The processor's model name as lscpu shows it (Linux), else the machine type."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def run_child(*args) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", *map(str, args)],
+                         capture_output=True, text=True, cwd=ROOT)
+    if out.returncode:
+        raise RuntimeError(f"{args} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=5, help="timed training steps (median)")
+    parser.add_argument("--no-naive-1000", action="store_true",
+                        help="skip the naive loop at 1,000 new tokens (quadratic: many minutes)")
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    if args.child:
+        what, kind, weights, n = args.child
+        if what == "write":
+            write_weights(Path(weights))
+            print("{}")
+            return
+        fn = child_generate if what == "generate" else child_train
+        print(json.dumps(fn(kind, Path(weights), int(n))))
+        return
+    from importlib.metadata import version
+
+    print(f"torch {version('torch')}, transformers {version('transformers')}, "
+          f"{THREADS} threads, fp32; {cpu_name()}, "
+          f"{os.cpu_count()} CPUs\n")
+    with tempfile.TemporaryDirectory(prefix="bench-gen-") as tmp:
+        weights = Path(tmp) / "gpt124m.pt"
+        # Written by a child too: a child inherits its parent's peak-memory figure (ru_maxrss),
+        # so this process must stay small for the children's figures to be theirs.
+        run_child("write", "-", weights, 0)
+
+        print(f"Generation: batch 1, greedy, {PROMPT_TOKENS}-token prompt")
+        print(f"{'contender':44} {'new tokens':>10} {'s':>7} {'tokens/s':>9} {'x HF':>6} "
+              f"{'same ids as HF':>14}")
+        gen = {}
+        for n in (200, 1000):
+            for kind in ("hf", "naive", "cached"):
+                label = {"hf": "Hugging Face generate(use_cache=True)",
+                         "naive": "ours naive (generate_text_simple)",
+                         "cached": "ours KV cache (generate)"}[kind]
+                if kind == "naive" and n == 1000 and args.no_naive_1000:
+                    print(f"{label:44} {n:10d} {'skipped (--no-naive-1000)':>40}")
+                    continue
+                r = gen[kind, n] = run_child("generate", kind, weights, n)
+                same = "-" if kind == "hf" else ("yes" if r["ids"] == gen["hf", n]["ids"]
+                                                 else "no")
+                print(f"{label:44} {n:10d} {r['seconds']:7.1f} {r['tokens_per_s']:9.1f} "
+                      f"{r['tokens_per_s'] / gen['hf', n]['tokens_per_s']:6.2f} {same:>14}",
+                      flush=True)
+
+        print(f"\nTraining step: batch {TRAIN_BATCH} x {TRAIN_TOKENS} tokens, AdamW, dropout "
+              f"{CFG['drop_rate']}; median of {args.steps} steps after 2 warm-up steps")
+        print(f"{'contender':44} {'step s':>7} {'tokens/s':>9} {'x HF':>6} {'peak MB':>8} "
+              f"{'x HF':>6} {'1st loss':>8}")
+        train = {}
+        for kind, label in [("hf", "Hugging Face GPT2LMHeadModel"),
+                            ("tied", "ours, head tied to tok_emb (GPT-2)"),
+                            ("untied", "ours, untied head (the lectures' GPTModel)")]:
+            r = train[kind] = run_child("train", kind, weights, args.steps)
+            print(f"{label:44} {r['step_s']:7.2f} {r['tokens_per_s']:9.1f} "
+                  f"{r['tokens_per_s'] / train['hf']['tokens_per_s']:6.2f} "
+                  f"{r['peak_bytes'] / 1e6:8.0f} {r['peak_bytes'] / train['hf']['peak_bytes']:6.2f}"
+                  f" {r['first_loss']:8.3f}", flush=True)
+
+    print()
+    for n in (200, 1000):
+        ratio = gen["cached", n]["tokens_per_s"] / gen["hf", n]["tokens_per_s"]
+        print(f"cached generation at {n} new tokens: {ratio:.2f}x HF (target >= 1.3x): "
+              f"{'met' if ratio >= 1.3 else 'NOT met'}")
+    for kind in ("tied", "untied"):
+        speed = train[kind]["tokens_per_s"] / train["hf"]["tokens_per_s"]
+        memory = train[kind]["peak_bytes"] / train["hf"]["peak_bytes"]
+        print(f"training, ours {kind}: {speed:.2f}x HF tokens/s (target >= 1.2x), peak memory "
+              f"{memory:.2f}x HF (target <= 0.7x): "
+              f"{'met' if speed >= 1.2 and memory <= 0.7 else 'NOT met'}")
+    print("The machine may be shared: timings are noisy; compare them within one run.")
+
+
+if __name__ == "__main__":
+    main()
