@@ -140,7 +140,8 @@ GPT_CONFIG_124M = {
 
 
 class LayerNorm(nn.Module):
-    """Normalise each row to mean 0, variance 1 (biased), then scale and shift; eps as GPT-2."""
+    """Normalise each row to mean 0, variance 1 (biased), then scale and shift; eps as GPT-2.
+    Computed by PyTorch's fused layer_norm (the same math as notebook 03's explicit version)."""
 
     def __init__(self, emb_dim):
         super().__init__()
@@ -149,19 +150,17 @@ class LayerNorm(nn.Module):
         self.shift = nn.Parameter(torch.zeros(emb_dim))
 
     def forward(self, x):
-        mean = x.mean(dim=-1, keepdim=True)
-        var = x.var(dim=-1, keepdim=True, unbiased=False)
-        norm_x = (x - mean) / torch.sqrt(var + self.eps)
-        return self.scale * norm_x + self.shift
+        # (x - mean) / sqrt(var + eps) * scale + shift in one call, which keeps only its input
+        # and each row's mean and 1 / std for the backward pass, not every intermediate tensor
+        return torch.nn.functional.layer_norm(x, x.shape[-1:], self.scale, self.shift, self.eps)
 
 
 class GELU(nn.Module):
-    """GELU, the tanh approximation that GPT-2 was trained with."""
+    """GELU, the tanh approximation that GPT-2 was trained with, by PyTorch's fused kernel."""
 
     def forward(self, x):
-        return 0.5 * x * (1 + torch.tanh(
-            torch.sqrt(torch.tensor(2.0 / torch.pi)) * (x + 0.044715 * torch.pow(x, 3))
-        ))
+        # 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))) in one call, keeping only its input
+        return torch.nn.functional.gelu(x, approximate="tanh")
 
 
 class FeedForward(nn.Module):
@@ -1131,7 +1130,7 @@ def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=No
     if temperature < 0:
         raise ValueError(f"temperature must be 0 (greedy) or positive, not {temperature}")
     cache = KVCache(model, idx.shape[0], context_size) if use_cache else None
-    with torch.no_grad():
+    with torch.inference_mode():  # no_grad, and no version counting either: a little faster
         for step in range(max_new_tokens):
             if not use_cache:
                 logits = model(idx[:, -context_size:])[:, -1, :]  # (B, V)
@@ -1151,4 +1150,4 @@ def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=No
             if eos_id is not None and bool((idx_next == eos_id).all()):
                 break
             idx = torch.cat((idx, idx_next), dim=1)
-    return idx
+    return idx.clone()  # a normal tensor again (inference tensors cannot enter training)

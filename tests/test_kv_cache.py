@@ -139,3 +139,15 @@ def test_the_same_tokens_as_huggingface_cached_generation():
                                do_sample=False, use_cache=True, pad_token_id=0,
                                min_new_tokens=30)
     assert torch.equal(generate(ours, idx, 30, SMALL["context_length"]), expected)
+
+
+def test_the_output_is_an_ordinary_tensor_usable_in_training(tiny):
+    """generate runs under inference_mode but must not hand back an inference tensor."""
+    out = generate(tiny, prompt(1, 3, TINY["vocab_size"]), 4, 16)
+    assert not out.is_inference()
+    tiny.train()
+    try:
+        tiny(out).sum().backward()  # the embedding saves its input ids for the backward pass
+    finally:
+        tiny.zero_grad()
+        tiny.eval()
