@@ -98,7 +98,10 @@ def download_file(url: str, dest, *, expected_sha256: str | None = None,
     have = part.stat().st_size if (resume and part.exists()) else 0
     if expected_size is not None and have >= expected_size:  # not a proper prefix of the file
         have = 0
-    headers = {"Range": f"bytes={have}-"} if have else {}
+    # The bytes themselves, not a gzip stream: sizes, sha256 and Range offsets refer to them.
+    headers = {"Accept-Encoding": "identity"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
     name = desc or dest.name  # for messages
     hint = " " + _manual_hint(dest, [url], mirror=False) if manual_hint else ""
     received, answered = 0, False  # bytes received by this call; did the server answer?

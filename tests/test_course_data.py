@@ -7,6 +7,7 @@ asked for a Range". Nothing here uses the internet; tests on the real data files
 mirror ($COURSE_DATA_MIRROR) and are skipped without it.
 """
 
+import gzip
 import hashlib
 import http.server
 import io
@@ -51,6 +52,15 @@ class _Server:
                 mode, body = server.routes.get(self.path, ("404", b""))
                 if mode == "404":
                     self.send_error(404, "Not Found")
+                    return
+                if mode == "gzip" and "gzip" in self.headers.get("Accept-Encoding", ""):
+                    # as many web servers do for text: compress when the client accepts it
+                    packed = gzip.compress(body)
+                    self.send_response(200)
+                    self.send_header("Content-Encoding", "gzip")
+                    self.send_header("Content-Length", str(len(packed)))
+                    self.end_headers()
+                    self.wfile.write(packed)
                     return
                 start = 0
                 rng = self.headers.get("Range")
@@ -345,3 +355,12 @@ def test_a_structurally_wrong_spam_file_is_refused(tmp_path, server, bad):
     assert "does not look like SMSSpamCollection" in str(err.value)
     assert "5,574" in str(err.value)
     assert files_in(tmp_path / "data") == []
+
+
+def test_download_asks_for_the_bytes_themselves_not_a_compressed_stream(server, tmp_path):
+    """A server that gzips when allowed: Content-Length would count compressed bytes, and
+    resuming by byte offset would be meaningless, so the download must ask for identity."""
+    server.routes["/toy.bin"] = ("gzip", TOY_BYTES)
+    dest = download_file(server.url + "/toy.bin", tmp_path / "toy.bin",
+                         expected_sha256=TOY_SHA256)
+    assert dest.read_bytes() == TOY_BYTES
