@@ -17,12 +17,13 @@ __all__ = [
     # 01_working_with_text.ipynb
     "GPTDatasetV1", "create_dataloader_v1",
     # 02_attention.ipynb
-    "MultiHeadAttention",
+    "CausalAttentionWithDropout", "MultiHeadAttention",
     # 03_gpt_architecture.ipynb
     "GPT_CONFIG_124M", "LayerNorm", "GELU", "FeedForward", "TransformerBlock", "GPTModel",
     "generate_text_simple",
     # 04_pretraining.ipynb
-    "text_to_token_ids", "token_ids_to_text", "calc_loss_batch", "calc_loss_loader",
+    "text_to_token_ids", "token_ids_to_text", "FusedCrossEntropy", "fused_cross_entropy",
+    "calc_loss_batch", "calc_loss_loader",
     "evaluate_model", "generate_and_print_sample", "train_model_simple", "plot_losses",
     # 05_pretrained_weights.ipynb
     "config_from_hparams", "assign_", "load_weights_into_gpt", "HF_GPT2_MODELS", "HF_GPT2_NAMES",
@@ -91,14 +92,63 @@ def create_dataloader_v1(txt, batch_size=4, max_length=256, stride=128, shuffle=
 
 # ===== 02_attention.ipynb =====
 
+class CausalAttentionWithDropout(torch.autograd.Function):
+    """softmax(Q K^T / sqrt(D) + causal mask), dropout with probability p, @ V, for (B, H, T, D)
+    queries, keys and values: scaled_dot_product_attention(..., is_causal=True) in training.
+    For the backward pass it keeps only Q, K, V and the dropout mask (1 byte per weight) and
+    computes the attention weights again, instead of keeping them twice (before and after the
+    dropout), as PyTorch's CPU fallback does."""
+
+    @staticmethod
+    def attention_weights(queries, keys):
+        """softmax(Q K^T + causal mask), (B, H, T, T), for queries already divided by sqrt(D)."""
+        num_tokens = queries.shape[-2]
+        future = torch.ones(num_tokens, num_tokens, dtype=torch.bool,
+                            device=queries.device).triu(diagonal=1)
+        scores = queries @ keys.transpose(-2, -1)  # (B, H, T, T)
+        return torch.softmax(scores.masked_fill_(future, -torch.inf), dim=-1)
+
+    @staticmethod
+    def forward(ctx, queries, keys, values, dropout_p):
+        # dividing Q by sqrt(D) divides Q K^T, on a tensor T / D times smaller; contiguous
+        # copies, so that the matrix products need none of their own
+        queries = (queries / queries.shape[-1] ** 0.5).contiguous()
+        keys, values = keys.contiguous(), values.contiguous()
+        weights = CausalAttentionWithDropout.attention_weights(queries, keys)
+        # the mask nn.Dropout would draw: keep each weight with probability 1 - p
+        keep = torch.empty_like(weights, dtype=torch.bool).bernoulli_(1 - dropout_p)
+        dropped = ~keep
+        ctx.scale = 1 / (1 - dropout_p) if dropout_p < 1 else 0.0  # keeps the expected value
+        ctx.save_for_backward(queries, keys, values, dropped)
+        # (P with the dropped weights zeroed) @ V, scaled up: the scale goes on the smaller side
+        return (weights.masked_fill_(dropped, 0.0) @ values).mul_(ctx.scale)  # (B, H, T, D)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        queries, keys, values, dropped = ctx.saved_tensors  # queries divided by sqrt(D)
+        grad_output = grad_output.contiguous() * ctx.scale  # the scale, again on the small side
+        weights = CausalAttentionWithDropout.attention_weights(queries, keys)  # P, again
+        grad_values = weights.masked_fill(dropped, 0.0).transpose(-2, -1) @ grad_output
+        grad_weights = (grad_output @ values.transpose(-2, -1)).masked_fill_(dropped, 0.0)
+        # through the softmax, row by row: dS = P * dP - P * sum(P * dP)
+        grad_scores = weights * grad_weights
+        grad_scores -= weights.mul_(grad_scores.sum(-1, keepdim=True))
+        grad_queries = (grad_scores @ keys).div_(queries.shape[-1] ** 0.5)
+        grad_keys = grad_scores.transpose(-2, -1) @ queries
+        return grad_queries, grad_keys, grad_values, None
+
+
 class MultiHeadAttention(nn.Module):
     """Causal multi-head self-attention, (B, T, C) in/out: one Q/K/V projection split into H
-    heads, attention by PyTorch's fused scaled_dot_product_attention (same math as notebook 02)."""
+    heads, attention by PyTorch's fused scaled_dot_product_attention (same math as notebook 02),
+    or by CausalAttentionWithDropout when training with dropout on a CPU."""
 
     def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False):
         super().__init__()
         if d_out % num_heads:
             raise ValueError(f"d_out ({d_out}) must be divisible by num_heads ({num_heads})")
+        if not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"dropout is a probability, between 0 and 1, not {dropout}")
         self.d_out = d_out
         self.num_heads = num_heads
         self.head_dim = d_out // num_heads
@@ -116,11 +166,14 @@ class MultiHeadAttention(nn.Module):
         keys = self.W_key(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
         values = self.W_value(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
 
-        # softmax(Q K^T / sqrt(D) + causal mask), dropout, @ V: all in one fused call
-        context_vec = torch.nn.functional.scaled_dot_product_attention(
-            queries, keys, values, dropout_p=self.dropout_p if self.training else 0.0,
-            is_causal=True,
-        )  # (B, H, T, D)
+        dropout_p = self.dropout_p if self.training else 0.0
+        if dropout_p > 0.0 and x.device.type == "cpu" and torch.is_grad_enabled():
+            # no fused kernel takes dropout on a CPU; ours keeps less for the backward pass
+            context_vec = CausalAttentionWithDropout.apply(queries, keys, values, dropout_p)
+        else:
+            # softmax(Q K^T / sqrt(D) + causal mask), dropout, @ V: all in one fused call
+            context_vec = torch.nn.functional.scaled_dot_product_attention(
+                queries, keys, values, dropout_p=dropout_p, is_causal=True)  # (B, H, T, D)
         # (B, H, T, D) -> (B, T, H, D) -> (B, T, C)
         context_vec = context_vec.transpose(1, 2).contiguous().view(b, num_tokens, self.d_out)
         return self.out_proj(context_vec)
@@ -274,11 +327,58 @@ def token_ids_to_text(token_ids, tokenizer):
     return tokenizer.decode(token_ids.tolist())
 
 
+class FusedCrossEntropy(torch.autograd.Function):
+    """torch.nn.functional.cross_entropy's mean loss over the targets that are not ignore_index,
+    with its gradient with respect to the logits, (softmax - one-hot) / count, computed in the
+    forward pass: that one (N, V) tensor is all the backward pass needs."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, ignore_index):
+        keep = targets != ignore_index                  # (N,) the targets that count
+        safe_targets = torch.where(keep, targets, 0).unsqueeze(1)  # (N, 1), any valid index
+        row_max, argmax = logits.max(dim=-1, keepdim=True)         # (N, 1) each
+        probs = torch.softmax(logits, dim=-1)           # (N, V), becomes the gradient below
+        # log of the sum of exp(logits), stably: the most likely token's probability is at
+        # least 1 / V, so its log never underflows, and log p = logit - log_sum_exp
+        log_sum_exp = row_max - probs.gather(1, argmax).log()      # (N, 1)
+        count = keep.sum()
+        losses = (log_sum_exp - logits.gather(1, safe_targets)).squeeze(1)  # -log p(target)
+        loss = (losses * keep).sum() / count            # NaN if every target is ignored
+        probs.scatter_add_(1, safe_targets, torch.full_like(row_max, -1.0))  # minus one-hot
+        weight = keep / count.clamp(min=1)              # (N,): 1 / count, 0 for ignored rows
+        ctx.save_for_backward(probs.mul_(weight.unsqueeze(1)))  # the gradient, in place
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        if grad_output.item() == 1.0:  # the usual loss.backward(): no copy needed
+            return grad, None, None
+        return grad * grad_output, None, None
+
+
+def fused_cross_entropy(logits, targets, ignore_index=-100):
+    """Mean cross-entropy of logits (N, V) and targets (N,) as F.cross_entropy (targets equal to
+    ignore_index do not count); when a gradient is needed, FusedCrossEntropy computes it."""
+    if logits.dim() != 2 or targets.shape != logits.shape[:1]:
+        raise ValueError(f"fused_cross_entropy takes logits (N, V) and targets (N,), not "
+                         f"{tuple(logits.shape)} and {tuple(targets.shape)}; flatten them first.")
+    valid = (targets == ignore_index) | ((targets >= 0) & (targets < logits.shape[1]))
+    if targets.device.type != "meta" and not bool(valid.all()):  # meta tensors have no values
+        bad = targets[~valid][0].item()
+        raise ValueError(f"target {bad} is not a token id in 0..{logits.shape[1] - 1} (nor "
+                         f"ignore_index {ignore_index}); do the targets match the vocabulary?")
+    if not (torch.is_grad_enabled() and logits.requires_grad):  # evaluation: no gradient
+        return torch.nn.functional.cross_entropy(logits, targets, ignore_index=ignore_index)
+    return FusedCrossEntropy.apply(logits, targets, ignore_index)
+
+
 def calc_loss_batch(input_batch, target_batch, model, device):
-    """Mean cross-entropy of one (B, T) batch's next-token predictions."""
+    """Mean cross-entropy of one (B, T) batch's next-token predictions (targets of -100, as
+    notebook 07's padding, do not count)."""
     input_batch, target_batch = input_batch.to(device), target_batch.to(device)
     logits = model(input_batch)  # (B, T, V)
-    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), target_batch.flatten())
+    return fused_cross_entropy(logits.flatten(0, 1), target_batch.flatten())
 
 
 def calc_loss_loader(data_loader, model, device, num_batches=None):

@@ -16,6 +16,7 @@ from previous_chapters import (
     calc_loss_batch,
     calc_loss_loader,
     create_dataloader_v1,
+    fused_cross_entropy,
     generate,
     generate_text_simple,
     text_to_token_ids,
@@ -80,6 +81,69 @@ def test_calc_loss_batch_is_mean_negative_log_probability_of_targets():
         logp = torch.log_softmax(model(x).double(), dim=-1)  # (B, T, V)
     manual = -logp.gather(-1, y.unsqueeze(-1)).mean()
     assert abs(loss.item() - manual.item()) < 1e-5
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0, 1e4])  # ordinary, confident, extreme logits
+def test_fused_cross_entropy_equals_torch_loss_and_gradient(scale):
+    """The oracle is PyTorch's F.cross_entropy (log-softmax, NLL, autograd), in float64."""
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(37, 501, generator=g) * scale
+    targets = torch.randint(0, 501, (37,), generator=g)
+    targets[::5] = -100  # padding, as notebook 07's collate writes
+    ours_in = logits.clone().requires_grad_()
+    ref_in = logits.double().requires_grad_()
+    ours = fused_cross_entropy(ours_in, targets)
+    ref = torch.nn.functional.cross_entropy(ref_in, targets)
+    (3.0 * ours).backward()  # a scaled loss scales the gradient
+    (3.0 * ref).backward()
+    assert torch.isfinite(ours)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-5, abs=1e-5)
+    torch.testing.assert_close(ours_in.grad, ref_in.grad.float(), rtol=1e-4, atol=1e-7)
+    assert ours_in.grad[::5].abs().max() == 0  # ignored rows get no gradient
+    with torch.no_grad():  # evaluation takes PyTorch's own path
+        assert fused_cross_entropy(logits, targets).item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_fused_cross_entropy_edge_cases():
+    logits = torch.randn(4, 10, requires_grad=True)
+    loss = fused_cross_entropy(logits, torch.full((4,), -100))
+    loss.backward()
+    assert torch.isnan(loss) and logits.grad.abs().max() == 0  # as F.cross_entropy: NaN, no push
+    loss = fused_cross_entropy(logits, torch.tensor([1, 2, 3, 4]))
+    loss.backward(retain_graph=True)
+    once = logits.grad.clone()
+    loss.backward()  # a second backward through the same graph gives the same gradient again
+    torch.testing.assert_close(logits.grad, 2 * once)
+    with pytest.raises(ValueError, match="not a token id in 0..9"):
+        fused_cross_entropy(logits, torch.tensor([1, 2, 10, 4]))
+    with pytest.raises(ValueError, match="flatten them first"):
+        fused_cross_entropy(logits.unsqueeze(0), torch.tensor([[1, 2, 3, 4]]))
+
+
+def test_training_with_the_fused_loss_and_fused_adamw_follows_the_plain_curve():
+    """The notebooks' training step (fused_cross_entropy, AdamW(fused=True)) against the
+    lectures' (F.cross_entropy, AdamW's default implementation): same losses, same weights."""
+    loader = token_loader(8)
+    curves, weights = [], []
+    for fused in (False, True):
+        model = tiny_model().train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1, fused=fused)
+        losses = []
+        for _ in range(3):
+            for x, y in loader:
+                optimizer.zero_grad()
+                if fused:
+                    loss = calc_loss_batch(x, y, model, "cpu")
+                else:
+                    loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+        curves.append(losses)
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert curves[0][-1] < curves[0][0] - 0.5  # it trains
+    assert curves[1] == pytest.approx(curves[0], abs=1e-4)
+    torch.testing.assert_close(weights[1], weights[0], rtol=0, atol=1e-4)
 
 
 def test_untrained_loss_is_near_log_vocabulary_size():
