@@ -15,10 +15,10 @@ file, loaded by each child), fp32, torch.set_num_threads(2).
   protocol) and, for reference, AdamW(fused=True). Tokens per second (median of the timed steps
   after warm-up) and peak resident memory of the whole child process (ru_maxrss).
 - The matrix products alone: at batch 1 every new token multiplies one vector by every weight
-  matrix (~500 MB read), which bounds generation. The benchmark times exactly that, one token
-  through F.linear with every weight matrix of the model and nothing else, and reports each
-  contender's share of that rate; and the same products with the matrices stored (in, out), as
-  Hugging Face's Conv1D stores them.
+  matrix (~500 MB read), which sets the pace of generation. The benchmark times exactly that,
+  one token through F.linear with every weight matrix of the model and nothing else, and reports
+  each contender's share of that rate; and the same products with the matrices stored (in, out),
+  as Hugging Face's Conv1D stores them.
 
 Each round runs Hugging Face's and our contenders one right after the other (the naive loop and
 the reference rows in the first round only); the tables give the median over --rounds rounds.
@@ -338,18 +338,18 @@ def main():
                   f"{speed[kind, n] / speed['hf', n]:6.2f} {speed[kind, n] / products:7.0%} "
                   f"{same:>14}")
 
+    train_tps = {key: median_of(runs, "tokens_per_s") for key, runs in train.items()}
+    train_peak = {key: median_of(runs, "peak_bytes") for key, runs in train.items()}
     for drop in DROP_RATES:
         print(f"\nTraining step: batch {TRAIN_BATCH} x {TRAIN_TOKENS} tokens, AdamW, dropout "
               f"{drop}; per run the median of {args.steps} steps after 2 warm-up steps")
         print(f"{'contender':44} {'runs':>4} {'tokens/s':>9} {'x HF':>6} {'peak MB':>8} "
               f"{'x HF':>6} {'1st loss':>8}")
-        hf = train["hf-plain", drop]
+        hf_tps, hf_peak = train_tps["hf-plain", drop], train_peak["hf-plain", drop]
         for kind, label in TRAIN_LABELS.items():
-            runs = train[kind, drop]
-            tps, peak = median_of(runs, "tokens_per_s"), median_of(runs, "peak_bytes")
-            print(f"{label:44} {len(runs):4d} {tps:9.1f} "
-                  f"{tps / median_of(hf, 'tokens_per_s'):6.2f} {peak / 1e6:8.0f} "
-                  f"{peak / median_of(hf, 'peak_bytes'):6.2f} {runs[0]['first_loss']:8.3f}")
+            runs, tps, peak = train[kind, drop], train_tps[kind, drop], train_peak[kind, drop]
+            print(f"{label:44} {len(runs):4d} {tps:9.1f} {tps / hf_tps:6.2f} {peak / 1e6:8.0f} "
+                  f"{peak / hf_peak:6.2f} {runs[0]['first_loss']:8.3f}")
 
     print()
     for n in (200, 1000):
@@ -359,11 +359,9 @@ def main():
               f"{1.3 * speed['hf', n] / products:.0%} of the products' rate, ours reaches "
               f"{speed['cached', n] / products:.0%}")
     for drop in DROP_RATES:
-        hf = train["hf-plain", drop]
         for kind in ("tied-course", "untied-course"):
-            runs = train[kind, drop]
-            tps = median_of(runs, "tokens_per_s") / median_of(hf, "tokens_per_s")
-            memory = median_of(runs, "peak_bytes") / median_of(hf, "peak_bytes")
+            tps = train_tps[kind, drop] / train_tps["hf-plain", drop]
+            memory = train_peak[kind, drop] / train_peak["hf-plain", drop]
             print(f"training (dropout {drop}), ours {kind.split('-')[0]}: {tps:.2f}x HF tokens/s "
                   f"(target >= 1.2x), peak memory {memory:.2f}x HF (target <= 0.7x): "
                   f"{'met' if tps >= 1.2 and memory <= 0.7 else 'NOT met'}")
