@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -90,7 +91,7 @@ def download_file(url: str, dest, *, expected_sha256: str | None = None,
     message ends with how to place the file by hand (unless manual_hint=False).
     """
     import requests  # imported here so that importing this module stays cheap
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text bar on stdout: reads the same live and in a saved notebook
 
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -129,6 +130,7 @@ def download_file(url: str, dest, *, expected_sha256: str | None = None,
             with open(part, "ab" if have else "wb") as f, tqdm(
                 total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
                 desc=desc or dest.name, disable=total is not None and total < CHUNK,
+                file=sys.stdout, mininterval=1.0,
             ) as bar:
                 for chunk in r.iter_content(chunk_size=NET_CHUNK):
                     f.write(chunk)

@@ -9,6 +9,8 @@ Shape names used in comments: B batch, T tokens, C embedding dim, H heads, D hea
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
@@ -425,14 +427,15 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
     Evaluates every `eval_freq` steps on `eval_iter` batches, prints a sample after each epoch,
     and shows a progress bar over the steps.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text bar on stdout: reads the same live and in a saved notebook
 
     if eval_freq < 1 or eval_iter < 1:
         raise ValueError(f"eval_freq and eval_iter must be at least 1, "
                          f"not {eval_freq} and {eval_iter}")
     train_losses, val_losses, track_tokens_seen = [], [], []
     tokens_seen, global_step = 0, -1
-    with tqdm(total=num_epochs * len(train_loader), desc="training", unit="step") as bar:
+    with tqdm(total=num_epochs * len(train_loader), desc="training", unit="step",
+              file=sys.stdout, mininterval=1.0) as bar:
         for epoch in range(num_epochs):
             model.train()
             for input_batch, target_batch in train_loader:
@@ -452,7 +455,8 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
                     bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
                     bar.write(f"Ep {epoch + 1} (Step {global_step:06d}): "
                               f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}")
-            generate_and_print_sample(model, tokenizer, device, start_context)
+            with tqdm.external_write_mode(file=sys.stdout):  # a line of its own, not in the bar
+                generate_and_print_sample(model, tokenizer, device, start_context)
     return train_losses, val_losses, track_tokens_seen
 
 
@@ -840,11 +844,12 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
     Losses every `eval_freq` steps on `eval_iter` batches; accuracies after each epoch on
     `eval_iter` batches; a progress bar over the steps.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text bar on stdout: reads the same live and in a saved notebook
 
     train_losses, val_losses, train_accs, val_accs = [], [], [], []
     examples_seen, global_step = 0, -1
-    with tqdm(total=num_epochs * len(train_loader), desc="fine-tuning", unit="step") as bar:
+    with tqdm(total=num_epochs * len(train_loader), desc="fine-tuning", unit="step",
+              file=sys.stdout, mininterval=1.0) as bar:
         for epoch in range(num_epochs):
             model.train()
             for input_batch, target_batch in train_loader:
@@ -1134,10 +1139,10 @@ def generate_model_scores(json_data, json_key="model_response", model="llama3",
                           host="http://localhost:11434"):
     """The judge's score (0-100, or None where its reply held no clear score) of each entry's
     `json_key` answer, compared with the entry's reference output."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text bar on stdout: reads the same live and in a saved notebook
 
     scores = []
-    for entry in tqdm(json_data, desc="Scoring entries"):
+    for entry in tqdm(json_data, desc="Scoring entries", file=sys.stdout, mininterval=1.0):
         reply = query_model(format_judge_prompt(entry, json_key), model=model, host=host)
         scores.append(parse_score(reply))
     return scores

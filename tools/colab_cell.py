@@ -1,4 +1,4 @@
-"""Write the same Colab set-up cell into every notebook (the first code cell of each).
+"""Write the same Colab set-up cell into every notebook and solution notebook (its first code cell).
 
 The repository URL is set in one place, pyproject.toml's [project.urls] Repository; this script
 renders the cell from it. tests/test_repository.py checks every notebook's cell is up to date.
@@ -51,7 +51,8 @@ def first_code_cell(nb: dict) -> dict | None:
 
 def main() -> None:
     source = colab_cell_source()
-    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted(
+            (ROOT / "solutions").glob("*.ipynb")):
         nb = json.loads(path.read_text(encoding="utf-8"))
         cell = first_code_cell(nb)
         if cell is None or not "".join(cell["source"]).startswith(MARKER):
