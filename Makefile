@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup lab test lint colab-cells clean
+.PHONY: setup lab test lint colab-cells figures clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10 or newer is needed"'
@@ -27,6 +27,9 @@ test: lint  ## the whole suite: unit tests and every notebook under nbval
 
 colab-cells:  ## rewrite each notebook's Colab cell from tools/colab_cell.py
 	$(PYTHON) tools/colab_cell.py
+
+figures: setup  ## draw every diagram into notebooks/figures/ (figures/make_figures.py)
+	$(PY) figures/make_figures.py
 
 clean:
 	rm -rf $(VENV) *.egg-info
