@@ -8,6 +8,9 @@ Every notebook gets its data through `fetch_data(name)`, which
 Whatever it gets is verified (sha256 where the exact bytes are known, a structural check besides)
 before it is moved into place, so a partial or corrupted file never passes for a good one.
 
+The data files are the course's texts and data sets, and GPT-2's tokenizer files encoder.json
+and vocab.bpe (notebook 01 reads them into its own BPE loop).
+
 `download_file` is the one downloader of the course; gpt_download3.py uses it for GPT-2's weights.
 `get_gpt2_tokenizer()` returns tiktoken's "gpt2" encoding, priming tiktoken's cache from local
 copies of encoder.json and vocab.bpe when the mirror holds them (see `prime_tiktoken_cache`).
@@ -197,6 +200,23 @@ def _check_instruction_json(path: Path) -> None:
         raise ValueError("expected a JSON list of 1,100 entries")
 
 
+def _check_gpt2_encoder(path: Path) -> None:
+    """GPT-2's vocabulary: a JSON object of 50,257 tokens, <|endoftext|> the last id."""
+    import json
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or len(data) != 50257 or data.get("<|endoftext|>") != 50256:
+        raise ValueError("expected a JSON object of 50,257 tokens with <|endoftext|> = 50256")
+
+
+def _check_gpt2_merges(path: Path) -> None:
+    """GPT-2's merges: a '#version' line, then 50,000 lines 'first second'."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    merges = [line for line in lines[1:] if line]
+    if not lines or not lines[0].startswith("#version") or len(merges) != 50000 or any(
+            line.count(" ") != 1 for line in merges):
+        raise ValueError("expected a '#version' line and 50,000 merge lines 'first second'")
+
+
 @dataclass(frozen=True)
 class DataFile:
     """One data file of the course: where it comes from and how it is checked."""
@@ -237,6 +257,24 @@ DATA_FILES = {
         source="SMS Spam Collection v.1, UCI ML Repository (CC BY 4.0)",
         zip_member="SMSSpamCollection",
         check=_check_spam_tsv,
+    ),
+    # GPT-2's tokenizer files, for the BPE merge loop of notebook 01 (tiktoken reads the same
+    # two files from the same URLs and pins the same sha256; see TIKTOKEN_GPT2_FILES)
+    "encoder.json": DataFile(
+        name="encoder.json",
+        urls=("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",),
+        sha256="196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+        mirror_paths=("gpt2-tokenizer/encoder.json", "encoder.json"),
+        source="OpenAI's GPT-2 BPE vocabulary (token -> id), published with GPT-2",
+        check=_check_gpt2_encoder,
+    ),
+    "vocab.bpe": DataFile(
+        name="vocab.bpe",
+        urls=("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",),
+        sha256="1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+        mirror_paths=("gpt2-tokenizer/vocab.bpe", "vocab.bpe"),
+        source="OpenAI's GPT-2 BPE merges, published with GPT-2",
+        check=_check_gpt2_merges,
     ),
 }
 
@@ -340,12 +378,9 @@ def fetch_data(name: str, *, data_dir_path=None, mirror=None, urls=None) -> Path
 # ----- GPT-2's tokenizer offline ----------------------------------------------------------------
 
 # The files tiktoken's "gpt2" encoding loads, the URLs it loads them from, and the sha256 it pins.
-TIKTOKEN_GPT2_FILES = {
-    "vocab.bpe": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
-                  "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
-    "encoder.json": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
-                     "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
-}
+# They are course data files too (DATA_FILES), so both lists share one URL and hash.
+TIKTOKEN_GPT2_FILES = {name: (DATA_FILES[name].urls[0], DATA_FILES[name].sha256)
+                       for name in ("vocab.bpe", "encoder.json")}
 
 
 def tiktoken_cache_dir() -> Path:

@@ -9,14 +9,19 @@ Shape names used in comments: B batch, T tokens, C embedding dim, H heads, D hea
 
 from __future__ import annotations
 
+import json
 import sys
+from collections import Counter
+from pathlib import Path
 
+import regex  # GPT-2's split pattern needs \p{L}; the package comes with tiktoken
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 __all__ = [
     # 01_working_with_text.ipynb
+    "GPT2_SPLIT_PATTERN", "BytePairTokenizer", "bytes_to_unicode", "load_gpt2_bpe",
     "GPTDatasetV1", "create_dataloader_v1",
     # 02_attention.ipynb
     "CausalAttentionWithDropout", "MultiHeadAttention",
@@ -45,6 +50,144 @@ __all__ = [
 
 
 # ===== 01_working_with_text.ipynb =====
+
+# GPT-2's pre-tokenisation pattern: text is cut into chunks (a contraction, a word or a number
+# with the space before it, a run of punctuation, whitespace) and merges never cross a chunk.
+# \p{L} (any letter) and \p{N} (any digit) need the `regex` package, not the built-in `re`.
+GPT2_SPLIT_PATTERN = (r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+"""
+                      r"""|\s+(?!\S)|\s+""")
+
+
+class BytePairTokenizer:
+    """Byte-level byte pair encoding: learn merges from a text, encode text to ids, decode back.
+
+    Ids 0-255 are single bytes, so any text can be encoded; each merge adds one id for a pair of
+    ids. Encoding cuts the text into chunks (GPT2_SPLIT_PATTERN) and, inside each chunk, keeps
+    merging the adjacent pair whose merge was learned first. `load_gpt2_bpe` fills it with GPT-2's
+    50,000 merges; tests/test_bpe.py checks that it then gives tiktoken's ids.
+    """
+
+    def __init__(self, split_pattern: str = GPT2_SPLIT_PATTERN):
+        self.split = regex.compile(split_pattern)
+        self.byte_ids = list(range(256))  # id of each byte value (GPT-2 numbers them otherwise)
+        self.vocab = {i: bytes([i]) for i in range(256)}  # id -> the bytes it stands for
+        self.merges = {}   # (id, id) -> new id; a smaller new id means an earlier merge
+        self.special = {}  # special token -> id, e.g. {"<|endoftext|>": 50256}
+        self.cache = {}    # chunk -> ids: a word that recurs is merged once, not every time
+
+    @staticmethod
+    def merge_pair(ids: tuple, pair: tuple, new_id: int) -> tuple:
+        """`ids` with each occurrence of `pair` (read left to right) replaced by `new_id`."""
+        out, i = [], 0
+        while i < len(ids):
+            if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
+                out.append(new_id)
+                i += 2
+            else:
+                out.append(ids[i])
+                i += 1
+        return tuple(out)
+
+    def train(self, text: str, num_merges: int) -> list:
+        """Learn `num_merges` more merges from `text`, each of the most frequent adjacent pair.
+
+        Returns [(pair, new id, count), ...] in the order learned (ties: the pair seen first).
+        """
+        # each distinct chunk once, as ids (its bytes, merged as learned so far), with its count
+        words = Counter(self.encode_chunk(chunk) for chunk in self.split.findall(text))
+        history = []
+        for _ in range(num_merges):
+            pairs = Counter()
+            for word, n in words.items():
+                for pair in zip(word, word[1:]):
+                    pairs[pair] += n  # a pair in a word that occurs n times counts n times
+            if not pairs:
+                break  # every chunk is already a single token
+            pair = max(pairs, key=pairs.get)  # the most frequent; on a tie, the first seen
+            new_id = len(self.vocab)
+            self.merges[pair] = new_id
+            self.vocab[new_id] = self.vocab[pair[0]] + self.vocab[pair[1]]
+            words = Counter({self.merge_pair(w, pair, new_id): n for w, n in words.items()})
+            history.append((pair, new_id, pairs[pair]))
+        self.cache.clear()  # cached encodings used the old merges
+        return history
+
+    def encode_chunk(self, chunk: str) -> tuple:
+        """The ids of one chunk: its bytes, then the learned merges, earliest learned first."""
+        if chunk not in self.cache:
+            ids = tuple(self.byte_ids[b] for b in chunk.encode("utf-8"))
+            while len(ids) > 1:
+                # the adjacent pair that was merged first in training (smallest new id)
+                pair = min(zip(ids, ids[1:]), key=lambda p: self.merges.get(p, float("inf")))
+                if pair not in self.merges:
+                    break  # training never merged any of the pairs left
+                ids = self.merge_pair(ids, pair, self.merges[pair])
+            self.cache[chunk] = ids
+        return self.cache[chunk]
+
+    def encode(self, text: str, allowed_special=frozenset()) -> list:
+        """Token ids of `text`; the special tokens named in `allowed_special` become their id."""
+        parts = [text]
+        if allowed_special:  # split around them: "a<|endoftext|>b" -> ["a", "<|endoftext|>", "b"]
+            alternatives = "|".join(regex.escape(s) for s in sorted(allowed_special))
+            parts = regex.split(f"({alternatives})", text)
+        ids = []
+        for i, part in enumerate(parts):
+            if i % 2:  # odd positions hold the special tokens that split matched
+                ids.append(self.special[part])
+            else:
+                for chunk in self.split.findall(part):
+                    ids.extend(self.encode_chunk(chunk))
+        return ids
+
+    def decode(self, ids) -> str:
+        """The text of `ids`: their bytes joined and read as UTF-8 (a split character -> U+FFFD)."""
+        return b"".join(self.vocab[i] for i in ids).decode("utf-8", errors="replace")
+
+
+def bytes_to_unicode() -> dict:
+    """GPT-2's map from each of the 256 byte values to a printable character (its files use it).
+
+    The 188 printable bytes stand for themselves ("A" -> "A"); the other 68 (control bytes,
+    space, ...) get chr(256), chr(257), ... in byte order, so a space (byte 32) becomes "Ġ".
+    """
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]  # "!".."~", ...
+    mapping, n_other = {}, 0
+    for b in range(256):
+        if b in printable:
+            mapping[b] = chr(b)
+        else:
+            mapping[b] = chr(256 + n_other)
+            n_other += 1
+    return mapping
+
+
+def load_gpt2_bpe(encoder_json, vocab_bpe) -> BytePairTokenizer:
+    """A BytePairTokenizer with GPT-2's vocabulary (encoder.json) and 50,000 merges (vocab.bpe).
+
+    Both files write each token as text through bytes_to_unicode; line k of vocab.bpe after the
+    "#version" line is merge k, "Ġ t" = the pair (" ", "t"). <|endoftext|> is a special token.
+    """
+    encoder = json.loads(Path(encoder_json).read_text(encoding="utf-8"))  # token text -> id
+    lines = Path(vocab_bpe).read_text(encoding="utf-8").splitlines()
+    char_to_byte = {c: b for b, c in bytes_to_unicode().items()}
+
+    tok = BytePairTokenizer()
+    tok.special = {"<|endoftext|>": encoder["<|endoftext|>"]}
+    tok.vocab = {i: (bytes(char_to_byte[c] for c in text) if text not in tok.special
+                     else text.encode("utf-8")) for text, i in encoder.items()}
+    tok.byte_ids = [encoder[c] for c in bytes_to_unicode().values()]  # in byte order 0..255
+    tok.merges, last_id = {}, -1
+    for line in lines[1:]:  # lines[0] is "#version: 0.2"
+        if not line:
+            continue
+        first, second = line.split(" ")
+        new_id = encoder[first + second]
+        if new_id <= last_id:  # encode_chunk takes a smaller id for an earlier merge
+            raise ValueError(f"merge {line!r} has id {new_id}, not more than the one before")
+        tok.merges[(encoder[first], encoder[second])] = last_id = new_id
+    return tok
+
 
 class GPTDatasetV1(Dataset):
     """Next-token pairs from one text: window i is tokens [i*stride, i*stride + max_length),

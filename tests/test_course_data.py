@@ -285,7 +285,7 @@ def spam_lines(data: bytes):
 
 
 @needs_mirror
-def test_the_real_mirror_serves_all_three_files_without_a_request(tmp_path, server):
+def test_the_real_mirror_serves_every_file_without_a_request(tmp_path, server):
     import json
 
     got = {name: fetch_data(name, data_dir_path=tmp_path, mirror=MIRROR,
@@ -296,6 +296,61 @@ def test_the_real_mirror_serves_all_three_files_without_a_request(tmp_path, serv
     assert len(text) == 20479 and text.startswith("I HAD always thought Jack Gisburn")
     assert len(json.loads(got["instruction-data.json"].read_text(encoding="utf-8"))) == 1100
     assert spam_lines(got["SMSSpamCollection"].read_bytes()) == (5574, 747)
+    encoder = json.loads(got["encoder.json"].read_text(encoding="utf-8"))
+    assert len(encoder) == 50257 and encoder["<|endoftext|>"] == 50256
+    merges = got["vocab.bpe"].read_text(encoding="utf-8").splitlines()
+    assert merges[0] == "#version: 0.2" and merges[1] == "Ġ t" and len(merges) == 50001
+    assert files_in(tmp_path) == sorted(course_data.DATA_FILES)  # flat in data/
+
+
+# ----- GPT-2's tokenizer files (encoder.json, vocab.bpe) ----------------------------------------
+
+def test_the_tokenizer_files_are_data_files_at_tiktokens_urls_and_hashes():
+    """The URLs are OpenAI's, the ones tiktoken loads; the hashes are the ones tiktoken pins."""
+    for name in ("encoder.json", "vocab.bpe"):
+        spec = course_data.DATA_FILES[name]
+        assert spec.urls == ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
+                              + name,)
+        assert f"gpt2-tokenizer/{name}" in spec.mirror_paths
+        assert course_data.TIKTOKEN_GPT2_FILES[name] == (spec.urls[0], spec.sha256)
+    assert course_data.DATA_FILES["encoder.json"].sha256 == (
+        "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783")
+    assert course_data.DATA_FILES["vocab.bpe"].sha256 == (
+        "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5")
+
+
+@needs_mirror
+@pytest.mark.parametrize("name", ["encoder.json", "vocab.bpe"])
+def test_the_tokenizer_files_from_the_mirror_and_from_a_download(tmp_path, server, name):
+    real = Path(MIRROR, "gpt2-tokenizer", name).read_bytes()
+    # a mirror that holds the file flat, not under gpt2-tokenizer/
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / name).write_bytes(real)
+    path = fetch_data(name, data_dir_path=tmp_path / "a", mirror=tmp_path / "flat",
+                      urls=[server.url + "/" + name])
+    assert path.read_bytes() == real and server.requests == []
+    # no mirror: downloaded, with its pinned sha256 and its structural check
+    server.routes["/" + name] = ("ok", real)
+    path = fetch_data(name, data_dir_path=tmp_path / "b", mirror="",
+                      urls=[server.url + "/" + name])
+    assert path.read_bytes() == real and len(server.requests) == 1
+    assert files_in(tmp_path / "b") == [name]
+
+
+@pytest.mark.parametrize("name,bad", [
+    ("encoder.json", b'{"!": 0, "<|endoftext|>": 1}'),     # far too few tokens
+    ("encoder.json", b"<html>Not here</html>"),             # an error page, not JSON
+    ("vocab.bpe", b"#version: 0.2\nt h\n"),                # one merge, not 50,000
+])
+def test_a_wrong_tokenizer_file_is_refused(tmp_path, name, bad):
+    mirror = tmp_path / "mirror" / "gpt2-tokenizer"
+    mirror.mkdir(parents=True)
+    (mirror / name).write_bytes(bad)
+    with pytest.raises(DownloadError) as err:
+        fetch_data(name, data_dir_path=tmp_path / "data", mirror=mirror.parent,
+                   urls=[closed_port_url("/" + name)])
+    assert f"does not look like {name}" in str(err.value)
+    assert files_in(tmp_path / "data") == []
 
 
 @needs_mirror
