@@ -339,7 +339,8 @@ GPT_CONFIG_124M = {
 
 class LayerNorm(nn.Module):
     """Normalise each row to mean 0, variance 1 (biased), then scale and shift; eps as GPT-2.
-    Computed by PyTorch's fused layer_norm (the same math as notebook 03's explicit version)."""
+    PyTorch's fused layer_norm, equal to the lectures' explicit LayerNorm (notebook 03, 3.2):
+    tests/test_gpt_model.py::test_fused_layernorm_equals_the_lectures_layernorm."""
 
     def __init__(self, emb_dim):
         super().__init__()
@@ -354,7 +355,9 @@ class LayerNorm(nn.Module):
 
 
 class GELU(nn.Module):
-    """GELU, the tanh approximation that GPT-2 was trained with, by PyTorch's fused kernel."""
+    """GELU, the tanh approximation that GPT-2 was trained with, by PyTorch's fused kernel;
+    equal to the lectures' explicit GELU (notebook 03, 3.3):
+    tests/test_gpt_model.py::test_fused_gelu_equals_the_lectures_gelu."""
 
     def forward(self, x):
         # 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))) in one call, keeping only its input

@@ -206,3 +206,89 @@ def test_generate_text_simple_crops_context_and_equals_a_greedy_loop():
         next_id = logits[:, -1].argmax(dim=-1, keepdim=True)
         idx = torch.cat([idx, next_id], dim=1)
     assert torch.equal(out, idx)
+
+
+# The lectures' explicit layer norm and GELU (notebook 03, sections 3.2 and 3.3), written out
+# here again: previous_chapters.py keeps the fused versions, which must compute the same.
+
+class LecturesLayerNorm(nn.Module):
+    def __init__(self, emb_dim):
+        super().__init__()
+        self.eps = 1e-5
+        self.scale = nn.Parameter(torch.ones(emb_dim))
+        self.shift = nn.Parameter(torch.zeros(emb_dim))
+
+    def forward(self, x):
+        mean = x.mean(dim=-1, keepdim=True)
+        var = x.var(dim=-1, keepdim=True, unbiased=False)
+        norm_x = (x - mean) / torch.sqrt(var + self.eps)
+        return self.scale * norm_x + self.shift
+
+
+class LecturesGELU(nn.Module):
+    def forward(self, x):
+        return 0.5 * x * (1 + torch.tanh(
+            torch.sqrt(torch.tensor(2.0 / torch.pi)) * (x + 0.044715 * torch.pow(x, 3))
+        ))
+
+
+def forward_and_grads(module, x):
+    """module(x) and the gradients of a fixed random projection of it, w.r.t. x and params."""
+    x = x.clone().requires_grad_(True)
+    out = module(x)
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(7))
+    (out * weights).sum().backward()
+    return out.detach(), x.grad, {n: p.grad for n, p in module.named_parameters()}
+
+
+def test_fused_layernorm_equals_the_lectures_layernorm():
+    torch.manual_seed(0)
+    x = 3.0 * torch.randn(4, 7, 64) + 1.0
+    lecture, fused = LecturesLayerNorm(64), LayerNorm(64)
+    with torch.no_grad():
+        lecture.scale.normal_()
+        lecture.shift.normal_()
+    fused.load_state_dict(lecture.state_dict())  # same parameter names: scale, shift
+    out_l, dx_l, dp_l = forward_and_grads(lecture, x)
+    out_f, dx_f, dp_f = forward_and_grads(fused, x)
+    torch.testing.assert_close(out_f, out_l, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dx_f, dx_l, atol=1e-4, rtol=1e-4)
+    for name in ("scale", "shift"):
+        torch.testing.assert_close(dp_f[name], dp_l[name], atol=1e-4, rtol=1e-4)
+
+
+def test_fused_gelu_equals_the_lectures_gelu():
+    x = torch.linspace(-8, 8, 2001)
+    out_l, dx_l, _ = forward_and_grads(LecturesGELU(), x)
+    out_f, dx_f, _ = forward_and_grads(GELU(), x)
+    torch.testing.assert_close(out_f, out_l, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(dx_f, dx_l, atol=1e-5, rtol=1e-5)
+
+
+def test_gpt_with_fused_layers_equals_gpt_with_the_lectures_layers(monkeypatch):
+    """A GPTModel built with the lectures' classes (as in notebook 03's main path) and one built
+    with previous_chapters' fused classes give the same logits and gradients, same weights."""
+    import previous_chapters
+
+    torch.manual_seed(0)
+    cfg = {**SMALL, "vocab_size": 100, "drop_rate": 0.0}
+    fused = GPTModel(cfg)
+    with monkeypatch.context() as patch:  # the names the classes look up when a model is built
+        patch.setattr(previous_chapters, "LayerNorm", LecturesLayerNorm)
+        patch.setattr(previous_chapters, "GELU", LecturesGELU)
+        lecture = GPTModel(cfg)
+    assert isinstance(lecture.final_norm, LecturesLayerNorm)
+    assert isinstance(lecture.trf_blocks[0].ff.layers[1], LecturesGELU)
+    with torch.no_grad():  # random norms, so that scale and shift matter
+        for p in fused.parameters():
+            if p.dim() == 1:
+                p.normal_()
+    lecture.load_state_dict(fused.state_dict())
+    idx = torch.randint(0, 100, (2, 16))
+    logits = {}
+    for name, model in [("fused", fused), ("lecture", lecture)]:
+        logits[name] = model(idx)
+        nn.functional.cross_entropy(logits[name].flatten(0, 1), idx.flatten()).backward()
+    torch.testing.assert_close(logits["fused"], logits["lecture"], atol=1e-4, rtol=1e-4)
+    for (name, p_f), p_l in zip(fused.named_parameters(), lecture.parameters()):
+        torch.testing.assert_close(p_f.grad, p_l.grad, atol=1e-4, rtol=1e-3, msg=name)
