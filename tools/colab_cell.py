@@ -58,6 +58,8 @@ def main() -> None:
         if cell is None or not "".join(cell["source"]).startswith(MARKER):
             print(f"{path.name}: its first code cell is not the Colab cell; fix it by hand")
             continue
+        if "".join(cell["source"]) == source:
+            continue  # up to date: leave the file as it is
         cell["source"] = source.splitlines(keepends=True)
         cell["outputs"], cell["execution_count"] = [], None
         path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
