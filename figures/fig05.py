@@ -141,8 +141,42 @@ def transpose():
     return fig
 
 
+def parameters_by_size():
+    """Where the parameters of each released size live: embeddings, attention, feed-forward."""
+    import matplotlib.pyplot as plt
+
+    from gpt_download3 import count_gpt2_params
+
+    parts = {"token embedding wte (V x C)": "#2f855a", "position embedding wpe (T x C)": "#9ae6b4",
+             "attention: c_attn + c_proj": "#c05621", "feed-forward: c_fc + c_proj": "#f6ad55",
+             "LayerNorms": "#6b46c1"}
+    sizes = list(GPT2_HPARAMS)
+    fig, ax = plt.subplots(figsize=(10.4, 3.4))
+    for row, size in enumerate(sizes):
+        hp = GPT2_HPARAMS[size]
+        v, t, c, n = hp["n_vocab"], hp["n_ctx"], hp["n_embd"], hp["n_layer"]
+        counts = [v * c, t * c, n * (4 * c * c + 4 * c), n * (8 * c * c + 5 * c),
+                  n * 4 * c + 2 * c]
+        assert sum(counts) == count_gpt2_params(hp)
+        left = 0
+        for (name, color), k in zip(parts.items(), counts):
+            ax.barh(row, k / 1e6, left=left / 1e6, color=color, label=name if row == 0 else None)
+            left += k
+        ax.text(left / 1e6 + 15, row, f"{left / 1e6:,.1f}M  (wte: {counts[0] / left:.0%})",
+                va="center", fontsize=9)
+    ax.set_yticks(range(len(sizes)), [f"GPT-2 {s}" for s in sizes])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 2000)
+    ax.set_xlabel("parameters (millions), from hparams.json; the tied head adds none")
+    ax.set_title("Where GPT-2's parameters are, by released size")
+    ax.legend(fontsize=8.5, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
 FIGURES = {
     "05_release_files.png": release_files,
     "05_name_mapping.png": name_mapping,
     "05_transpose.png": transpose,
+    "05_parameters_by_size.png": parameters_by_size,
 }
