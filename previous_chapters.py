@@ -656,6 +656,8 @@ def load_weights_into_gpt(gpt, params):
     g, b (ln_f)                -> final_norm (scale, shift)
     (no head in the checkpoint)-> out_head shares tok_emb's weight, as in GPT-2
     TensorFlow's Conv1D keeps weights as (in, out); nn.Linear as (out, in): hence the .T.
+    The lecture's mapping, with its `assign` and `np.split` as an in-place, shape-checked copy
+    and `.chunk`; tests/test_load_weights.py::test_openai_route_gives_hugging_faces_logits.
     """
     if len(params["blocks"]) != len(gpt.trf_blocks):
         raise ValueError(f"the checkpoint has {len(params['blocks'])} transformer blocks but the "
@@ -723,7 +725,9 @@ HF_GPT2_NAMES = {
 
 def gpt_from_pretrained(name_or_path, model_class=None):
     """A GPTModel holding a Hugging Face GPT-2: a hub name (HF_GPT2_MODELS) or a local folder
-    with config.json and model.safetensors. Needs huggingface_hub (hub) and safetensors."""
+    with config.json and model.safetensors. Needs huggingface_hub (hub) and safetensors.
+    Fills the same model as load_weights_into_gpt (the lecture's route, for OpenAI's files):
+    tests/test_load_weights.py::test_both_routes_fill_the_same_model."""
     import json
     import re
     import warnings

@@ -206,3 +206,22 @@ def test_params_are_memory_mapped_not_copied(oracle_dirs):
         base = base.base
     assert isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap)
     assert params["wte"].flags.writeable  # a private copy-on-write mapping: torch takes it as is
+
+
+@pytest.mark.parametrize("size", list(gpt_download3.GPT2_HPARAMS))
+def test_config_from_hparams_builds_each_released_size_with_openais_count(size):
+    """Notebook 05 (section 5.3, exercise 5.1): config_from_hparams gives the lecture's config
+    (GPT_CONFIG_124M updated with the size, context 1024, qkv_bias), and our GPTModel with its
+    head tied has exactly the parameters of OpenAI's checkpoint, for every released size."""
+    from previous_chapters import GPT_CONFIG_124M
+
+    hparams = gpt_download3.GPT2_HPARAMS[size]
+    cfg = config_from_hparams(hparams)
+    lecture = {**GPT_CONFIG_124M, "emb_dim": hparams["n_embd"], "n_heads": hparams["n_head"],
+               "n_layers": hparams["n_layer"], "context_length": 1024, "qkv_bias": True,
+               "drop_rate": 0.0}
+    assert cfg == lecture
+    with torch.device("meta"):  # shapes only: even 1558M costs no memory
+        gpt = GPTModel(cfg)
+    n = sum(p.numel() for p in gpt.parameters())
+    assert n - hparams["n_vocab"] * hparams["n_embd"] == gpt_download3.count_gpt2_params(hparams)
