@@ -24,7 +24,7 @@ __all__ = [
     "GPT2_SPLIT_PATTERN", "BytePairTokenizer", "bytes_to_unicode", "load_gpt2_bpe",
     "GPTDatasetV1", "create_dataloader_v1",
     # 02_attention.ipynb
-    "CausalAttentionWithDropout", "MultiHeadAttention",
+    "MultiHeadAttention", "CausalAttentionWithDropout",
     # 03_gpt_architecture.ipynb
     "GPT_CONFIG_124M", "LayerNorm", "GELU", "FeedForward", "TransformerBlock", "GPTModel",
     "generate_text_simple",
@@ -237,12 +237,57 @@ def create_dataloader_v1(txt, batch_size=4, max_length=256, stride=128, shuffle=
 
 # ===== 02_attention.ipynb =====
 
+class MultiHeadAttention(nn.Module):
+    """Causal multi-head self-attention, (B, T, C) in/out: one Q/K/V projection split into H
+    heads, attention by PyTorch's fused scaled_dot_product_attention, or by
+    CausalAttentionWithDropout when training with dropout on a CPU.
+    Equals lecture 18's MultiHeadAttention (notebook 02, section 2.6) given the same weights:
+    tests/test_attention.py::test_previous_chapters_equals_the_lecture_module_in_eval_mode."""
+
+    def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False):
+        super().__init__()
+        if d_out % num_heads:
+            raise ValueError(f"d_out ({d_out}) must be divisible by num_heads ({num_heads})")
+        if not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"dropout is a probability, between 0 and 1, not {dropout}")
+        self.d_out = d_out
+        self.num_heads = num_heads
+        self.head_dim = d_out // num_heads
+        self.context_length = context_length  # the fused kernel builds the causal mask itself
+        self.dropout_p = dropout  # dropout on the attention weights, in training mode only
+        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.out_proj = nn.Linear(d_out, d_out)  # combines the heads' outputs
+
+    def forward(self, x):
+        b, num_tokens, d_in = x.shape
+        # (B, T, C) -> (B, T, H, D) -> (B, H, T, D)
+        queries = self.W_query(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
+        keys = self.W_key(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
+        values = self.W_value(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
+
+        dropout_p = self.dropout_p if self.training else 0.0
+        if dropout_p > 0.0 and x.device.type == "cpu" and torch.is_grad_enabled():
+            # no fused kernel takes dropout on a CPU; ours keeps less for the backward pass
+            context_vec = CausalAttentionWithDropout.apply(queries, keys, values, dropout_p)
+        else:
+            # softmax(Q K^T / sqrt(D) + causal mask), dropout, @ V: all in one fused call
+            context_vec = torch.nn.functional.scaled_dot_product_attention(
+                queries, keys, values, dropout_p=dropout_p, is_causal=True)  # (B, H, T, D)
+        # (B, H, T, D) -> (B, T, H, D) -> (B, T, C)
+        context_vec = context_vec.transpose(1, 2).contiguous().view(b, num_tokens, self.d_out)
+        return self.out_proj(context_vec)
+
+
 class CausalAttentionWithDropout(torch.autograd.Function):
     """softmax(Q K^T / sqrt(D) + causal mask), dropout with probability p, @ V, for (B, H, T, D)
     queries, keys and values: scaled_dot_product_attention(..., is_causal=True) in training.
     For the backward pass it keeps only Q, K, V and the dropout mask (1 byte per weight) and
     computes the attention weights again, instead of keeping them twice (before and after the
-    dropout), as PyTorch's CPU fallback does."""
+    dropout), as PyTorch's CPU fallback does.
+    Equals lectures 16-18's explicit masked softmax and nn.Dropout with the same seed (notebook 02,
+    section 2.8): test_training_with_dropout_on_cpu_equals_the_lecture_module_with_the_same_seed."""
 
     @staticmethod
     def attention_weights(queries, keys):
@@ -281,47 +326,6 @@ class CausalAttentionWithDropout(torch.autograd.Function):
         grad_queries = (grad_scores @ keys).div_(queries.shape[-1] ** 0.5)
         grad_keys = grad_scores.transpose(-2, -1) @ queries
         return grad_queries, grad_keys, grad_values, None
-
-
-class MultiHeadAttention(nn.Module):
-    """Causal multi-head self-attention, (B, T, C) in/out: one Q/K/V projection split into H
-    heads, attention by PyTorch's fused scaled_dot_product_attention (same math as notebook 02),
-    or by CausalAttentionWithDropout when training with dropout on a CPU."""
-
-    def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False):
-        super().__init__()
-        if d_out % num_heads:
-            raise ValueError(f"d_out ({d_out}) must be divisible by num_heads ({num_heads})")
-        if not 0.0 <= dropout <= 1.0:
-            raise ValueError(f"dropout is a probability, between 0 and 1, not {dropout}")
-        self.d_out = d_out
-        self.num_heads = num_heads
-        self.head_dim = d_out // num_heads
-        self.context_length = context_length  # the fused kernel builds the causal mask itself
-        self.dropout_p = dropout  # dropout on the attention weights, in training mode only
-        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.out_proj = nn.Linear(d_out, d_out)  # combines the heads' outputs
-
-    def forward(self, x):
-        b, num_tokens, d_in = x.shape
-        # (B, T, C) -> (B, T, H, D) -> (B, H, T, D)
-        queries = self.W_query(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
-        keys = self.W_key(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
-        values = self.W_value(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
-
-        dropout_p = self.dropout_p if self.training else 0.0
-        if dropout_p > 0.0 and x.device.type == "cpu" and torch.is_grad_enabled():
-            # no fused kernel takes dropout on a CPU; ours keeps less for the backward pass
-            context_vec = CausalAttentionWithDropout.apply(queries, keys, values, dropout_p)
-        else:
-            # softmax(Q K^T / sqrt(D) + causal mask), dropout, @ V: all in one fused call
-            context_vec = torch.nn.functional.scaled_dot_product_attention(
-                queries, keys, values, dropout_p=dropout_p, is_causal=True)  # (B, H, T, D)
-        # (B, H, T, D) -> (B, T, H, D) -> (B, T, C)
-        context_vec = context_vec.transpose(1, 2).contiguous().view(b, num_tokens, self.d_out)
-        return self.out_proj(context_vec)
 
 
 # ===== 03_gpt_architecture.ipynb =====

@@ -1,5 +1,9 @@
-"""MultiHeadAttention (notebook 02): the fused helper against the explicit math, against PyTorch's
-own attention modules, causality, and dropout in training mode."""
+"""MultiHeadAttention (notebook 02): the fused helper against the lecture's module (taken from the
+notebook itself) and the explicit math, against PyTorch's own attention modules, causality, and
+dropout in training mode."""
+
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +27,63 @@ class ExplicitMultiHeadAttention(MultiHeadAttention):
         weights = nn.functional.dropout(weights, self.dropout_p, training=self.training)
         context = (weights @ v).transpose(1, 2).reshape(b, t, self.d_out)  # -> (B, T, C)
         return self.out_proj(context)
+
+
+def lecture_multi_head_attention():
+    """The lecture-18 MultiHeadAttention as notebook 02 defines it (section 2.6: mask buffer,
+    masked_fill_, softmax, nn.Dropout, out_proj), read from the notebook's own code cell."""
+    path = Path(__file__).resolve().parent.parent / "notebooks" / "02_attention.ipynb"
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    sources = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+    [cell] = [s for s in sources
+              if s.startswith("class MultiHeadAttention(nn.Module):") and "register_buffer" in s]
+    namespace = {"torch": torch, "nn": nn}
+    exec(cell, namespace)  # the cell holds the class only
+    return namespace["MultiHeadAttention"]
+
+
+def lecture_pair(dropout, qkv_bias=True, seed=0):
+    """The lecture's module and previous_chapters' MultiHeadAttention with the same weights."""
+    torch.manual_seed(seed)
+    lecture = lecture_multi_head_attention()(40, 48, 64, dropout, num_heads=4, qkv_bias=qkv_bias)
+    ours = MultiHeadAttention(40, 48, 64, dropout, num_heads=4, qkv_bias=qkv_bias)
+    ours.load_state_dict(lecture.state_dict())  # the same parameter names; no mask in either
+    return lecture, ours
+
+
+@pytest.mark.parametrize("num_tokens", [1, 7, 64])
+@pytest.mark.parametrize("qkv_bias", [False, True])
+def test_previous_chapters_equals_the_lecture_module_in_eval_mode(num_tokens, qkv_bias):
+    lecture, ours = lecture_pair(dropout=0.3, qkv_bias=qkv_bias)
+    lecture.eval()
+    ours.eval()
+    x = torch.randn(3, num_tokens, 40)
+    torch.testing.assert_close(ours(x), lecture(x), atol=1e-5, rtol=1e-5)
+
+
+def test_training_with_dropout_on_cpu_equals_the_lecture_module_with_the_same_seed():
+    """Training with dropout on a CPU runs CausalAttentionWithDropout and its hand-written
+    backward pass; from the same seed it drops what the lecture's nn.Dropout drops, so the
+    output and every gradient equal those of autograd through the lecture's module."""
+    lecture, ours = lecture_pair(dropout=0.3)
+    lecture.train()
+    ours.train()
+    x = torch.randn(2, 23, 40)
+    results = []
+    for module in (lecture, ours):
+        inputs = x.clone().requires_grad_()
+        torch.manual_seed(11)
+        out = module(inputs)
+        out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
+        grads = {name: p.grad for name, p in module.named_parameters()}
+        results.append((out, inputs.grad, grads))
+    (out_a, gx_a, g_a), (out_b, gx_b, g_b) = results
+    assert not torch.allclose(out_a, lecture.eval()(x))  # dropout did drop something
+    torch.testing.assert_close(out_b, out_a, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gx_b, gx_a, atol=1e-5, rtol=1e-5)
+    assert g_a.keys() == g_b.keys()
+    for name in g_a:
+        torch.testing.assert_close(g_b[name], g_a[name], atol=1e-5, rtol=1e-5)
 
 
 def make_pair(d_in=48, d_out=48, num_heads=4, dropout=0.0, qkv_bias=True, seed=0):
