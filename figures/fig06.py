@@ -15,8 +15,15 @@ from common import COLORS, arrow, box, canvas, label
 from torch.utils.data import DataLoader
 
 import course_data
-from previous_chapters import (GPT_CONFIG_124M, GPTModel, SpamDataset, add_classification_head,
-                               create_balanced_dataset, random_split, read_sms_spam)
+from previous_chapters import (
+    GPT_CONFIG_124M,
+    GPTModel,
+    SpamDataset,
+    add_classification_head,
+    create_balanced_dataset,
+    random_split,
+    read_sms_spam,
+)
 
 PAD = 50256  # <|endoftext|>, the padding token
 
@@ -136,7 +143,8 @@ def draw_last_token():
     label(ax, 0.15, 0.95, f'"{text}": {T - n_pad} tokens, then {n_pad} padding tokens ({PAD}) '
           "at the end.", fontsize=9, ha="left")
     label(ax, 0.15, 0.45, "Row t: the tokens position t attends to (causal mask). Only the last "
-          "row sees every token of the message,\neven though its own token is padding.", fontsize=9, ha="left")
+          "row sees every token of the message,\neven though its own token is padding.", fontsize=9,
+          ha="left")
     return fig
 
 
