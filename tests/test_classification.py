@@ -180,6 +180,21 @@ def test_only_the_intended_parameters_train():
             assert param.grad is None
 
 
+
+def test_counts_on_the_meta_device_equal_those_of_a_real_model():
+    """Notebook 06 counts GPT-2 small's parameters, and its file size, on the meta device
+    (shapes, no values): the same numbers as on a model with real tensors."""
+    def counts(model):
+        add_classification_head(model, 2, num_trainable_blocks=1)
+        sizes = [t.numel() * t.element_size() for t in model.state_dict().values()]
+        return (sum(p.numel() for p in model.parameters() if p.requires_grad),
+                sum(p.numel() for p in model.parameters()), sum(sizes))
+
+    with torch.device("meta"):
+        on_meta = GPTModel(SMALL_CFG)
+    assert next(on_meta.trf_blocks.parameters()).is_meta
+    assert counts(on_meta) == counts(GPTModel(SMALL_CFG))
+
 def test_head_options_and_output_shape():
     model = small_classifier(num_trainable_blocks=0)
     assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == {
