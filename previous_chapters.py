@@ -1144,6 +1144,8 @@ def custom_collate_fn(batch, pad_token_id=50256, ignore_index=-100, allowed_max_
 
     Every sequence gets one end-of-text token; targets are inputs shifted by one, and every
     target after that first end-of-text token becomes `ignore_index`. Optional truncation.
+    Equals the lecture's version (section 7.2) when no text holds an inner 50256; tested by
+    tests/test_instruction.py::test_matches_the_lecture_rule_on_random_batches.
     """
     if len(batch) == 0 or any(len(item) == 0 for item in batch):
         raise ValueError("custom_collate_fn needs a non-empty batch of non-empty token lists")

@@ -16,6 +16,7 @@ from previous_chapters import (
     GPTModel,
     InstructionDataset,
     calc_loss_loader,
+    config_from_hparams,
     custom_collate_fn,
     extract_response,
     format_input,
@@ -314,9 +315,7 @@ def test_instruction_tuning_learns_on_real_data(data, tokenizer):
 
     start = time.time()
     settings, params = download_and_load_gpt2("tiny-test", os.environ["COURSE_MODELS_DIR"])
-    cfg = {"vocab_size": settings["n_vocab"], "context_length": settings["n_ctx"],
-           "emb_dim": settings["n_embd"], "n_heads": settings["n_head"],
-           "n_layers": settings["n_layer"], "drop_rate": 0.0, "qkv_bias": True}
+    cfg = config_from_hparams(settings, drop_rate=0.0)
     torch.manual_seed(123)
     model = load_weights_into_gpt(GPTModel(cfg), params)
     train_data, val_data, _ = split_instruction_data(data)
