@@ -32,6 +32,7 @@ __all__ = [
     "text_to_token_ids", "token_ids_to_text", "FusedCrossEntropy", "fused_cross_entropy",
     "calc_loss_batch", "calc_loss_loader",
     "evaluate_model", "generate_and_print_sample", "train_model_simple", "plot_losses",
+    "KVCache", "cached_attention", "gpt_forward_cached", "generate",
     # 05_pretrained_weights.ipynb
     "config_from_hparams", "assign_", "load_weights_into_gpt", "HF_GPT2_MODELS", "HF_GPT2_NAMES",
     "gpt_from_pretrained",
@@ -44,8 +45,6 @@ __all__ = [
     "validate_instruction_data", "format_input", "split_instruction_data", "InstructionDataset",
     "custom_collate_fn", "extract_response", "rouge_l_f1", "ollama_base_url", "check_if_running",
     "query_model", "parse_score", "format_judge_prompt", "generate_model_scores",
-    # 08_kv_cache.ipynb
-    "KVCache", "cached_attention", "gpt_forward_cached", "generate",
 ]
 
 
@@ -527,7 +526,12 @@ def fused_cross_entropy(logits, targets, ignore_index=-100):
 
 def calc_loss_batch(input_batch, target_batch, model, device):
     """Mean cross-entropy of one (B, T) batch's next-token predictions (targets of -100, as
-    notebook 07's padding, do not count)."""
+    notebook 07's padding, do not count), by fused_cross_entropy (section 4.8).
+
+    Equals the lecture's version with F.cross_entropy (section 4.3): same loss, same gradient,
+    same training curve (tests/test_pretraining.py, test_fused_cross_entropy_equals_torch_loss_
+    and_gradient and test_training_with_the_fused_loss_and_fused_adamw_follows_the_plain_curve).
+    """
     input_batch, target_batch = input_batch.to(device), target_batch.to(device)
     logits = model(input_batch)  # (B, T, V)
     return fused_cross_entropy(logits.flatten(0, 1), target_batch.flatten())
@@ -627,6 +631,117 @@ def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses):
     ax2.set_xlabel("Tokens seen")
     fig.tight_layout()
     return fig
+
+
+class KVCache:
+    """Every block's keys and values of the tokens seen so far, pre-allocated as
+    (B, H, capacity, D) tensors; `length` tokens are filled, the next token's position."""
+
+    def __init__(self, model, batch_size, capacity):
+        cfg, weight = model.cfg, model.tok_emb.weight
+        shape = (batch_size, cfg["n_heads"], capacity, cfg["emb_dim"] // cfg["n_heads"])
+        self.keys = [weight.new_empty(shape) for _ in range(cfg["n_layers"])]
+        self.values = [weight.new_empty(shape) for _ in range(cfg["n_layers"])]
+        self.capacity = capacity
+        self.length = 0
+
+    def update(self, layer, keys, values):
+        """Store the new tokens' (B, H, T, D) keys and values of block `layer`; return all
+        keys and values so far, (B, H, length + T, D). `advance` then moves `length` on."""
+        start, end = self.length, self.length + keys.shape[2]
+        self.keys[layer][:, :, start:end] = keys
+        self.values[layer][:, :, start:end] = values
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def advance(self, num_tokens):
+        """Count `num_tokens` more tokens as cached (after every block has stored them)."""
+        self.length += num_tokens
+
+
+def cached_attention(att, x, cache, layer):
+    """MultiHeadAttention `att` for the new tokens x (B, T, C) only: their queries attend to
+    the cached keys/values plus their own, causally; (B, T, C) out."""
+    b, num_tokens, _ = x.shape
+    # (B, T, C) -> (B, T, H, D) -> (B, H, T, D)
+    queries, keys, values = (
+        lin(x).view(b, num_tokens, att.num_heads, att.head_dim).transpose(1, 2)
+        for lin in (att.W_query, att.W_key, att.W_value))
+    keys, values = cache.update(layer, keys, values)  # (B, H, past + T, D)
+    past = cache.length
+    mask = None  # one new token sees every cached one: no mask
+    if num_tokens > 1:  # new token j (at position past + j) sees keys 0 .. past + j
+        mask = torch.ones(num_tokens, past + num_tokens, dtype=torch.bool,
+                          device=x.device).tril(diagonal=past)
+    context_vec = torch.nn.functional.scaled_dot_product_attention(
+        queries, keys, values, attn_mask=mask,
+        dropout_p=att.dropout_p if att.training else 0.0)  # (B, H, T, D)
+    # (B, H, T, D) -> (B, T, H, D) -> (B, T, C)
+    context_vec = context_vec.transpose(1, 2).reshape(b, num_tokens, att.d_out)
+    return att.out_proj(context_vec)
+
+
+def gpt_forward_cached(model, idx, cache):
+    """GPTModel's forward for the new tokens idx (B, T) that follow the cache's: positions
+    continue at cache.length; returns the last token's logits (B, V) and fills the cache."""
+    past, num_tokens = cache.length, idx.shape[1]
+    if past + num_tokens > min(cache.capacity, model.cfg["context_length"]):
+        raise ValueError(
+            f"{past} cached + {num_tokens} new tokens exceed the cache's capacity "
+            f"({cache.capacity}) or the model's context length ({model.cfg['context_length']}); "
+            "start again with a new KVCache on the last tokens (generate does that).")
+    positions = torch.arange(past, past + num_tokens, device=idx.device)  # continue counting
+    x = model.drop_emb(model.tok_emb(idx) + model.pos_emb(positions))  # (B, T, C)
+    for layer, block in enumerate(model.trf_blocks):
+        # TransformerBlock.forward, spelled out because attention needs the cache as well
+        x = x + block.drop_shortcut(cached_attention(block.att, block.norm1(x), cache, layer))
+        x = x + block.drop_shortcut(block.ff(block.norm2(x)))
+    cache.advance(num_tokens)
+    return model.out_head(model.final_norm(x[:, -1, :]))  # only the last token predicts: (B, V)
+
+
+def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=None, eos_id=None,
+             use_cache=True):
+    """Decode with temperature scaling and top-k filtering; temperature 0 means greedy.
+
+    idx (B, T) -> (B, T + n). Stops early when every sequence's next token is `eos_id`
+    (which is not appended). The input is cropped to the last `context_size` tokens. With
+    `use_cache` each step feeds only the new token through the model (a KVCache keeps the
+    rest); once the window is full, each step recomputes the last `context_size` tokens, as
+    use_cache=False always does. The rows of idx share one length: generate prompts of
+    different lengths one at a time.
+
+    With use_cache=False this is the lecture's generate (section 4.6); with the cache it gives
+    the same tokens (tests/test_kv_cache.py, greedy and seeded sampling, tiny model and 124M).
+    """
+    if idx.dim() != 2 or idx.shape[1] == 0:
+        raise ValueError(f"generate needs a (batch, tokens) prompt with at least one token; "
+                         f"got shape {tuple(idx.shape)}. Is the prompt text empty?")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be at least 1 (or None), not {top_k}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be 0 (greedy) or positive, not {temperature}")
+    cache = KVCache(model, idx.shape[0], context_size) if use_cache else None
+    with torch.inference_mode():  # no_grad, and no version counting either: a little faster
+        for step in range(max_new_tokens):
+            if not use_cache:
+                logits = model(idx[:, -context_size:])[:, -1, :]  # (B, V)
+            elif step == 0 or cache.length == context_size:  # first step, or the window is full
+                cache.length = 0
+                logits = gpt_forward_cached(model, idx[:, -context_size:], cache)
+            else:
+                logits = gpt_forward_cached(model, idx[:, -1:], cache)  # only the new token
+            if top_k is not None:
+                top_logits, top_pos = torch.topk(logits, min(top_k, logits.shape[-1]))
+                logits = torch.full_like(logits, -torch.inf).scatter(-1, top_pos, top_logits)
+            if temperature > 0.0:
+                probs = torch.softmax(logits / temperature, dim=-1)
+                idx_next = torch.multinomial(probs, num_samples=1)  # (B, 1)
+            else:
+                idx_next = torch.argmax(logits, dim=-1, keepdim=True)  # (B, 1)
+            if eos_id is not None and bool((idx_next == eos_id).all()):
+                break
+            idx = torch.cat((idx, idx_next), dim=1)
+    return idx.clone()  # a normal tensor again (inference tensors cannot enter training)
 
 
 # ===== 05_pretrained_weights.ipynb =====
@@ -1302,113 +1417,3 @@ def generate_model_scores(json_data, json_key="model_response", model="llama3",
         reply = query_model(format_judge_prompt(entry, json_key), model=model, host=host)
         scores.append(parse_score(reply))
     return scores
-
-
-# ===== 08_kv_cache.ipynb =====
-
-class KVCache:
-    """Every block's keys and values of the tokens seen so far, pre-allocated as
-    (B, H, capacity, D) tensors; `length` tokens are filled, the next token's position."""
-
-    def __init__(self, model, batch_size, capacity):
-        cfg, weight = model.cfg, model.tok_emb.weight
-        shape = (batch_size, cfg["n_heads"], capacity, cfg["emb_dim"] // cfg["n_heads"])
-        self.keys = [weight.new_empty(shape) for _ in range(cfg["n_layers"])]
-        self.values = [weight.new_empty(shape) for _ in range(cfg["n_layers"])]
-        self.capacity = capacity
-        self.length = 0
-
-    def update(self, layer, keys, values):
-        """Store the new tokens' (B, H, T, D) keys and values of block `layer`; return all
-        keys and values so far, (B, H, length + T, D). `advance` then moves `length` on."""
-        start, end = self.length, self.length + keys.shape[2]
-        self.keys[layer][:, :, start:end] = keys
-        self.values[layer][:, :, start:end] = values
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
-
-    def advance(self, num_tokens):
-        """Count `num_tokens` more tokens as cached (after every block has stored them)."""
-        self.length += num_tokens
-
-
-def cached_attention(att, x, cache, layer):
-    """MultiHeadAttention `att` for the new tokens x (B, T, C) only: their queries attend to
-    the cached keys/values plus their own, causally; (B, T, C) out."""
-    b, num_tokens, _ = x.shape
-    # (B, T, C) -> (B, T, H, D) -> (B, H, T, D)
-    queries, keys, values = (
-        lin(x).view(b, num_tokens, att.num_heads, att.head_dim).transpose(1, 2)
-        for lin in (att.W_query, att.W_key, att.W_value))
-    keys, values = cache.update(layer, keys, values)  # (B, H, past + T, D)
-    past = cache.length
-    mask = None  # one new token sees every cached one: no mask
-    if num_tokens > 1:  # new token j (at position past + j) sees keys 0 .. past + j
-        mask = torch.ones(num_tokens, past + num_tokens, dtype=torch.bool,
-                          device=x.device).tril(diagonal=past)
-    context_vec = torch.nn.functional.scaled_dot_product_attention(
-        queries, keys, values, attn_mask=mask,
-        dropout_p=att.dropout_p if att.training else 0.0)  # (B, H, T, D)
-    # (B, H, T, D) -> (B, T, H, D) -> (B, T, C)
-    context_vec = context_vec.transpose(1, 2).reshape(b, num_tokens, att.d_out)
-    return att.out_proj(context_vec)
-
-
-def gpt_forward_cached(model, idx, cache):
-    """GPTModel's forward for the new tokens idx (B, T) that follow the cache's: positions
-    continue at cache.length; returns the last token's logits (B, V) and fills the cache."""
-    past, num_tokens = cache.length, idx.shape[1]
-    if past + num_tokens > min(cache.capacity, model.cfg["context_length"]):
-        raise ValueError(
-            f"{past} cached + {num_tokens} new tokens exceed the cache's capacity "
-            f"({cache.capacity}) or the model's context length ({model.cfg['context_length']}); "
-            "start again with a new KVCache on the last tokens (generate does that).")
-    positions = torch.arange(past, past + num_tokens, device=idx.device)  # continue counting
-    x = model.drop_emb(model.tok_emb(idx) + model.pos_emb(positions))  # (B, T, C)
-    for layer, block in enumerate(model.trf_blocks):
-        # TransformerBlock.forward, spelled out because attention needs the cache as well
-        x = x + block.drop_shortcut(cached_attention(block.att, block.norm1(x), cache, layer))
-        x = x + block.drop_shortcut(block.ff(block.norm2(x)))
-    cache.advance(num_tokens)
-    return model.out_head(model.final_norm(x[:, -1, :]))  # only the last token predicts: (B, V)
-
-
-def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=None, eos_id=None,
-             use_cache=True):
-    """Decode with temperature scaling and top-k filtering; temperature 0 means greedy.
-
-    idx (B, T) -> (B, T + n). Stops early when every sequence's next token is `eos_id`
-    (which is not appended). The input is cropped to the last `context_size` tokens. With
-    `use_cache` each step feeds only the new token through the model (a KVCache keeps the
-    rest); once the window is full, each step recomputes the last `context_size` tokens, as
-    use_cache=False always does. The rows of idx share one length: generate prompts of
-    different lengths one at a time.
-    """
-    if idx.dim() != 2 or idx.shape[1] == 0:
-        raise ValueError(f"generate needs a (batch, tokens) prompt with at least one token; "
-                         f"got shape {tuple(idx.shape)}. Is the prompt text empty?")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be at least 1 (or None), not {top_k}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be 0 (greedy) or positive, not {temperature}")
-    cache = KVCache(model, idx.shape[0], context_size) if use_cache else None
-    with torch.inference_mode():  # no_grad, and no version counting either: a little faster
-        for step in range(max_new_tokens):
-            if not use_cache:
-                logits = model(idx[:, -context_size:])[:, -1, :]  # (B, V)
-            elif step == 0 or cache.length == context_size:  # first step, or the window is full
-                cache.length = 0
-                logits = gpt_forward_cached(model, idx[:, -context_size:], cache)
-            else:
-                logits = gpt_forward_cached(model, idx[:, -1:], cache)  # only the new token
-            if top_k is not None:
-                top_logits, top_pos = torch.topk(logits, min(top_k, logits.shape[-1]))
-                logits = torch.full_like(logits, -torch.inf).scatter(-1, top_pos, top_logits)
-            if temperature > 0.0:
-                probs = torch.softmax(logits / temperature, dim=-1)
-                idx_next = torch.multinomial(probs, num_samples=1)  # (B, 1)
-            else:
-                idx_next = torch.argmax(logits, dim=-1, keepdim=True)  # (B, 1)
-            if eos_id is not None and bool((idx_next == eos_id).all()):
-                break
-            idx = torch.cat((idx, idx_next), dim=1)
-    return idx.clone()  # a normal tensor again (inference tensors cannot enter training)

@@ -1,7 +1,8 @@
-"""The KV cache and the final `generate` (notebook 08): cached generation gives the same tokens as
-recomputing everything (greedy and seeded sampling, every prompt length up to the context
-length, past it too), the cached logits equal the full forward pass, and Hugging Face's own
-cached generation gives the same tokens as ours."""
+"""The KV cache and the final `generate` (notebook 04, section 4.9): cached generation gives the
+same tokens as recomputing everything, which is the lecture's `generate` of section 4.6 (greedy
+and seeded sampling, every prompt length up to the context length, past it too), the cached
+logits equal the full forward pass, and Hugging Face's own cached generation gives the same
+tokens as ours."""
 
 import pytest
 import torch

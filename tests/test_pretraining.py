@@ -85,7 +85,8 @@ def test_calc_loss_batch_is_mean_negative_log_probability_of_targets():
 
 @pytest.mark.parametrize("scale", [1.0, 30.0, 1e4])  # ordinary, confident, extreme logits
 def test_fused_cross_entropy_equals_torch_loss_and_gradient(scale):
-    """The oracle is PyTorch's F.cross_entropy (log-softmax, NLL, autograd), in float64."""
+    """Section 4.8's fused_cross_entropy against the lectures' loss: the oracle is PyTorch's
+    F.cross_entropy (log-softmax, NLL, autograd), in float64."""
     g = torch.Generator().manual_seed(7)
     logits = torch.randn(37, 501, generator=g) * scale
     targets = torch.randint(0, 501, (37,), generator=g)
@@ -121,8 +122,9 @@ def test_fused_cross_entropy_edge_cases():
 
 
 def test_training_with_the_fused_loss_and_fused_adamw_follows_the_plain_curve():
-    """The notebooks' training step (fused_cross_entropy, AdamW(fused=True)) against the
-    lectures' (F.cross_entropy, AdamW's default implementation): same losses, same weights."""
+    """Section 4.8's leaner training step (calc_loss_batch with fused_cross_entropy,
+    AdamW(fused=True)) against the lectures' of sections 4.3-4.4 (F.cross_entropy, AdamW's
+    default implementation): same losses, same weights."""
     loader = token_loader(8)
     curves, weights = [], []
     for fused in (False, True):
