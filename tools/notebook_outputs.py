@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -36,6 +37,23 @@ def resolve_carriage_returns(text: str) -> str:
     """What a screen shows of text with \\r: on each line, only what follows its last \\r."""
     text = re.sub(r"\r+\n", "\n", text)
     return "\n".join(line.rsplit("\r", 1)[-1] for line in text.split("\n"))
+
+
+def merge_streams(outputs: list) -> list:
+    """Consecutive outputs of one stream as one, its carriage returns resolved: each refresh of
+    a progress bar arrives as an output of its own, and a screen shows only the last."""
+    merged = []
+    for out in outputs:
+        last = merged[-1] if merged else None
+        if (out.get("output_type") == "stream" and last is not None
+                and last.get("output_type") == "stream" and last["name"] == out["name"]):
+            last["text"] += out["text"]
+        else:
+            merged.append(out)
+    for out in merged:
+        if out.get("output_type") == "stream":
+            out["text"] = resolve_carriage_returns(out["text"])
+    return merged
 
 
 def keep_checked_outputs(path: Path) -> int:
@@ -78,13 +96,12 @@ def default_run(path: Path, timeout: int = 7200) -> tuple:
                     skipped += 1
                     continue
                 client.execute_cell(cell, index)  # raises CellExecutionError on an error
-                for out in cell.outputs:
-                    if out.get("output_type") == "stream":
-                        out["text"] = resolve_carriage_returns(out["text"])
+                cell.outputs = merge_streams(cell.outputs)
                 ran += 1
     finally:
         os.environ.clear()
         os.environ.update(env_before)
+        shutil.rmtree(work, ignore_errors=True)  # the run's outputs and models (GBs at times)
     nbformat.write(nb, path)
     return ran, skipped
 
