@@ -2,14 +2,12 @@
 notebook itself) and the explicit math, against PyTorch's own attention modules, causality, and
 dropout in training mode."""
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn as nn
 
 from previous_chapters import CausalAttentionWithDropout, GPTModel, MultiHeadAttention
+from tests.notebook_code import class_from_notebook
 
 
 class ExplicitMultiHeadAttention(MultiHeadAttention):
@@ -32,14 +30,7 @@ class ExplicitMultiHeadAttention(MultiHeadAttention):
 def lecture_multi_head_attention():
     """The lecture-18 MultiHeadAttention as notebook 02 defines it (section 2.6: mask buffer,
     masked_fill_, softmax, nn.Dropout, out_proj), read from the notebook's own code cell."""
-    path = Path(__file__).resolve().parent.parent / "notebooks" / "02_attention.ipynb"
-    nb = json.loads(path.read_text(encoding="utf-8"))
-    sources = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
-    [cell] = [s for s in sources
-              if s.startswith("class MultiHeadAttention(nn.Module):") and "register_buffer" in s]
-    namespace = {"torch": torch, "nn": nn}
-    exec(cell, namespace)  # the cell holds the class only
-    return namespace["MultiHeadAttention"]
+    return class_from_notebook("02_attention.ipynb", "MultiHeadAttention", "register_buffer")
 
 
 def lecture_pair(dropout, qkv_bias=True, seed=0):

@@ -16,6 +16,7 @@ from previous_chapters import (
     LayerNorm,
     generate_text_simple,
 )
+from tests.notebook_code import class_from_notebook
 
 transformers = pytest.importorskip("transformers")
 
@@ -208,28 +209,10 @@ def test_generate_text_simple_crops_context_and_equals_a_greedy_loop():
     assert torch.equal(out, idx)
 
 
-# The lectures' explicit layer norm and GELU (notebook 03, sections 3.2 and 3.3), written out
-# here again: previous_chapters.py keeps the fused versions, which must compute the same.
-
-class LecturesLayerNorm(nn.Module):
-    def __init__(self, emb_dim):
-        super().__init__()
-        self.eps = 1e-5
-        self.scale = nn.Parameter(torch.ones(emb_dim))
-        self.shift = nn.Parameter(torch.zeros(emb_dim))
-
-    def forward(self, x):
-        mean = x.mean(dim=-1, keepdim=True)
-        var = x.var(dim=-1, keepdim=True, unbiased=False)
-        norm_x = (x - mean) / torch.sqrt(var + self.eps)
-        return self.scale * norm_x + self.shift
-
-
-class LecturesGELU(nn.Module):
-    def forward(self, x):
-        return 0.5 * x * (1 + torch.tanh(
-            torch.sqrt(torch.tensor(2.0 / torch.pi)) * (x + 0.044715 * torch.pow(x, 3))
-        ))
+# The lectures' explicit layer norm and GELU (notebook 03, sections 3.2 and 3.3), from the
+# notebook's own cells: previous_chapters.py keeps the fused versions, which must compute the same.
+LecturesLayerNorm = class_from_notebook("03_gpt_architecture.ipynb", "LayerNorm", "x.var(")
+LecturesGELU = class_from_notebook("03_gpt_architecture.ipynb", "GELU", "torch.tanh(")
 
 
 def forward_and_grads(module, x):
