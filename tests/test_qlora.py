@@ -26,6 +26,7 @@ from previous_chapters import (
 from qlora import (
     NF4_LEVELS,
     LinearNF4,
+    NF4Tensor,
     base_model_bytes,
     dequantize_nf4,
     gpt2_memory_table,
@@ -107,6 +108,9 @@ def test_pack_unpack_round_trip():
     assert pack_4bit(torch.tensor([1, 2, 15, 0])).tolist() == [0x12, 0xF0]
     every_byte = torch.arange(256, dtype=torch.int64).to(torch.uint8)
     assert torch.equal(pack_4bit(unpack_4bit(every_byte)), every_byte)
+    # dequantize_nf4 reads two levels per byte: the same as levels[unpack_4bit(byte)]
+    q = NF4Tensor(every_byte, torch.ones(8), torch.Size((512,)))
+    assert torch.equal(dequantize_nf4(q), PUBLISHED[unpack_4bit(every_byte).long()])
     with pytest.raises(ValueError, match="even"):
         pack_4bit(torch.tensor([1, 2, 3]))
     with pytest.raises(ValueError, match="0..15"):
