@@ -61,11 +61,12 @@ class LoRALayer(nn.Module):
 
 
 def _tensor_like(module):
-    """(device, floating dtype) for a LoRA beside `module`: those of its first floating tensor
-    (a 4-bit layer's codes are integers, its scales floats), else the default dtype on the CPU."""
-    for t in [*module.parameters(), *module.buffers()]:
-        if t.is_floating_point():
-            return t.device, t.dtype
+    """(device, dtype) for a LoRA beside `module`: its weight's when that is a floating tensor
+    (nn.Linear, in fp32 or bf16), else the default dtype (a 4-bit layer's LoRA stays in full
+    precision), on the device of its first tensor."""
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.is_floating_point():
+        return weight.device, weight.dtype
     tensors = [*module.parameters(), *module.buffers()]
     return (tensors[0].device if tensors else None), torch.get_default_dtype()
 

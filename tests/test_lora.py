@@ -116,17 +116,17 @@ def test_lora_layer_initialisation_and_scaling():
 
 
 class TinyNF4Stand_in(nn.Module):
-    """A stand-in for qlora.py's LinearNF4: in_features, out_features, integer codes, float
-    scales, a forward; not an nn.Linear."""
+    """A stand-in for qlora.py's LinearNF4: in_features, out_features, integer codes, fp16
+    scales, a forward; not an nn.Linear, and no float weight (its LoRA must still be fp32)."""
 
     def __init__(self, weight):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.register_buffer("codes", (weight * 100).round().to(torch.int8))
-        self.register_buffer("scale", torch.tensor(0.01))
+        self.register_buffer("scale", torch.tensor(0.01, dtype=torch.float16))
 
     def forward(self, x):
-        return x @ (self.codes.float() * self.scale).T
+        return x @ (self.codes * self.scale).to(x.dtype).T
 
 
 def test_linear_with_lora_wraps_any_layer_with_in_and_out_features():
@@ -147,6 +147,8 @@ def test_linear_with_lora_wraps_any_layer_with_in_and_out_features():
     expected = model(x)
     merge_lora(model)  # a 4-bit base is not merged: it stays wrapped and computes the same
     assert model[0] is wrapped and torch.equal(model(x), expected)
+    half = LinearWithLoRA(nn.Linear(6, 4, dtype=torch.bfloat16), 2, 2)  # a bf16 model's LoRA
+    assert half.lora.A.dtype == half.lora.B.dtype == torch.bfloat16
     with pytest.raises(TypeError, match="in_features"):
         LinearWithLoRA(nn.ReLU(), 2, 2)
     with pytest.raises(TypeError, match="already has a LoRA"):
