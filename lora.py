@@ -120,10 +120,12 @@ def lora_layers(model: nn.Module) -> dict:
     return {name: m for name, _, _, m in _walk(model) if isinstance(m, LinearWithLoRA)}
 
 
-def replace_linear_with_lora(model: nn.Module, rank: int, alpha: float) -> nn.Module:
+def replace_linear_with_lora(model: nn.Module, rank: int, alpha: float,
+                             layer_types: tuple = (nn.Linear,)) -> nn.Module:
     """Freeze every parameter of `model`, then wrap every nn.Linear in a LinearWithLoRA: the
     attention projections, out_proj, the feed-forward layers and out_head (the classifier's too).
     In place; returns the model. Its logits are unchanged until training moves B off zero.
+    `layer_types` names the layers to wrap: for QLoRA, (nn.Linear, qlora.LinearNF4).
 
     A tied out_head (GPT-2's head uses tok_emb.weight) is wrapped like the others and stays tied:
     the wrapper's frozen .linear.weight is still tok_emb's tensor, and the head's LoRA changes the
@@ -135,12 +137,13 @@ def replace_linear_with_lora(model: nn.Module, rank: int, alpha: float) -> nn.Mo
     model.requires_grad_(False)
     wrapped = {}  # a layer used in two places gets one wrapper
     for _, parent, attr, child in list(_walk(model)):
-        if isinstance(child, nn.Linear):
+        if isinstance(child, layer_types):
             if id(child) not in wrapped:
                 wrapped[id(child)] = LinearWithLoRA(child, rank, alpha)
             setattr(parent, attr, wrapped[id(child)])  # nn.Sequential's "0" works the same
     if not wrapped:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear layer to put a LoRA beside.")
+        names = " or ".join("nn.Linear" if t is nn.Linear else t.__name__ for t in layer_types)
+        raise ValueError(f"{type(model).__name__} has no {names} layer to put a LoRA beside.")
     return model
 
 

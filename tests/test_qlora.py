@@ -424,6 +424,41 @@ def test_gradients_flow_through_the_4bit_blocks_to_the_input(tiny_gpt, token_ids
             assert all(b.grad is None for b in m.buffers())
 
 
+def test_qlora_a_lora_beside_each_4bit_layer_learns_while_the_4bit_base_stays_as_it_was(
+        tiny_gpt, token_ids):
+    """QLoRA: lora.py's LoRA wrapped around the 4-bit layers (and the full-precision head): the
+    logits start equal to the 4-bit model's, only A and B learn, the packed base is untouched."""
+    from lora import LinearWithLoRA, lora_layers, replace_linear_with_lora
+
+    model = copy.deepcopy(tiny_gpt)
+    quantize_model_nf4(model)
+    with torch.no_grad():
+        before = model(token_ids)
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    assert buffers  # the packed weights and scales
+    replace_linear_with_lora(model, rank=4, alpha=8, layer_types=(nn.Linear, LinearNF4))
+    wrapped = lora_layers(model)
+    assert sum(isinstance(w.linear, LinearNF4) for w in wrapped.values()) == 6 * len(
+        model.trf_blocks)  # Q, K, V, out_proj and the two feed-forward layers of every block
+    assert isinstance(model.out_head, LinearWithLoRA)  # the tied head, in full precision
+    with torch.no_grad():
+        assert torch.equal(model(token_ids), before)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and all(".lora." in n for n, p in model.named_parameters() if p.requires_grad)
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
+    targets = token_ids.roll(-1, dims=1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(token_ids).flatten(0, 1), targets.flatten())
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        assert not torch.equal(model(token_ids), before)  # the LoRA has learned something
+    for name, b in model.named_buffers():
+        key = name.replace(".linear.", ".", 1) if name not in buffers else name
+        assert torch.equal(b, buffers[key]), f"{name} changed"
+
+
 # ----- memory arithmetic --------------------------------------------------------------------------
 
 SMALL_CFGS = [
