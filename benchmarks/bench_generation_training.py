@@ -42,6 +42,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import cpu_name  # benchmarks/machine.py
+
 ROOT = Path(__file__).resolve().parent.parent
 CFG = {"vocab_size": 50257, "context_length": 1024, "emb_dim": 768, "n_heads": 12,
        "n_layers": 12, "drop_rate": 0.1, "qkv_bias": True}  # GPT-2 124M (biases like GPT-2)
@@ -227,19 +229,6 @@ def child_products(kind: str, weights: Path, repeats: int) -> dict:
     nbytes = sum(m.weight.numel() * m.weight.element_size() for m in linears)
     return {"tokens_per_s": 1 / seconds, "gb_per_s": nbytes / seconds / 1e9, "mb": nbytes / 1e6,
             "tokens_per_s_in_out": 1 / seconds_in_out}
-
-
-def cpu_name() -> str:
-    """The processor's model name as lscpu shows it (Linux), else the machine type."""
-    import platform
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def run_child(*args) -> dict:

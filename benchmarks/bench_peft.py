@@ -47,6 +47,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine import cpu_flags, cpu_name  # benchmarks/machine.py
+
 ROOT = Path(__file__).resolve().parent.parent
 BASE = {"vocab_size": 50257, "context_length": 1024, "drop_rate": 0.0, "qkv_bias": True}
 SIZES = {"124M": {**BASE, "emb_dim": 768, "n_heads": 12, "n_layers": 12},
@@ -189,30 +191,6 @@ def child(size: str, method: str, steps: int, checkpoint: bool) -> dict:
             "saved": sum(saved.values()), "first_loss": losses[0],
             "linear_fp32": summary.get("linear_bytes_fp32"),
             "linear_nf4": summary.get("linear_bytes_nf4")}
-
-
-def cpu_name() -> str:
-    """The processor's model name (Linux), else the machine type."""
-    import platform
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
-
-
-def cpu_flags() -> str:
-    """The vector-instruction flags that matter for fp32 matrix products."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        flags = set(re.search(r"^flags\s*:(.*)$", text, re.M).group(1).split())
-    except (OSError, AttributeError):
-        return "?"
-    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
-    return " ".join(f for f in wanted if f in flags) or "none of avx2/fma/avx512"
 
 
 MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
