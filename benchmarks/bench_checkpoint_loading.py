@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import common  # benchmarks/common.py
+
 ROOT = Path(__file__).resolve().parent.parent
 HPARAMS = {"n_vocab": 50257, "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12}
 DATA = "model.ckpt.data-00000-of-00001"
@@ -157,12 +159,8 @@ def run_child(kind: str, folder: Path) -> dict:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
            "TIKTOKEN_CACHE_DIR": str(folder / "tiktoken-cache")}
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, __file__, "--child", kind, str(folder)], env=env,
-                         capture_output=True, text=True, cwd=ROOT)
-    wall = time.perf_counter() - start
-    if out.returncode:
-        raise RuntimeError(f"{kind} failed:\n{out.stderr[-3000:]}")
-    return {**json.loads(out.stdout.strip().splitlines()[-1]), "wall": wall}
+    result = common.run_child(__file__, [kind, folder], env=env)
+    return {**result, "wall": time.perf_counter() - start}
 
 
 def main():

@@ -36,13 +36,13 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from machine import cpu_name  # benchmarks/machine.py
+import common  # benchmarks/common.py
+from common import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
 CFG = {"vocab_size": 50257, "context_length": 1024, "emb_dim": 768, "n_heads": 12,
@@ -232,11 +232,7 @@ def child_products(kind: str, weights: Path, repeats: int) -> dict:
 
 
 def run_child(*args) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", *map(str, args)],
-                         capture_output=True, text=True, cwd=ROOT)
-    if out.returncode:
-        raise RuntimeError(f"{args} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return common.run_child(__file__, args)
 
 
 GEN_LABELS = {"hf": "Hugging Face generate(use_cache=True)",

@@ -42,12 +42,12 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from machine import cpu_flags, cpu_name  # benchmarks/machine.py
+import common  # benchmarks/common.py
+from common import cpu_flags, cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = {"vocab_size": 50257, "context_length": 1024, "drop_rate": 0.0, "qkv_bias": True}
@@ -198,12 +198,7 @@ MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 def run_child(size, method, steps, checkpoint, mmap=False) -> dict:
     env = {**os.environ, **MMAP_ENV} if mmap else None
-    out = subprocess.run([sys.executable, __file__, "--child", size, method, str(steps),
-                          str(int(checkpoint))], capture_output=True, text=True, cwd=ROOT,
-                         env=env)
-    if out.returncode:
-        raise RuntimeError(f"{size} {method} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return common.run_child(__file__, [size, method, steps, int(checkpoint)], env=env)
 
 
 def main():
