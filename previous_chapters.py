@@ -447,6 +447,21 @@ class GPTModel(nn.Module):
         x = self.final_norm(x)
         return self.out_head(x)  # (B, T, V)
 
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        """nn.Module's load_state_dict, which also takes a state dict saved by the lectures' code.
+        Their attention keeps its causal mask as a buffer, `trf_blocks.N.att.mask`; ours builds
+        the mask inside the attention kernel, so those entries (and only those) are checked and
+        left out. Any other unexpected or missing key is still an error that names it."""
+        masks = {f"trf_blocks.{i}.att.mask" for i in range(len(self.trf_blocks))}
+        for key in masks & set(state_dict):
+            mask, n = state_dict[key], state_dict[key].shape[-1]
+            causal = torch.ones(n, n, dtype=torch.bool).triu(diagonal=1)  # True above diagonal
+            if mask.shape != (n, n) or not torch.equal(mask.detach().cpu().bool(), causal):
+                raise ValueError(f"{key} is not the lectures' causal mask (ones above the "
+                                 "diagonal); this state dict is not from a GPTModel.")
+        state_dict = {k: v for k, v in state_dict.items() if k not in masks}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
 
 def generate_text_simple(model, idx, max_new_tokens, context_size):
     """Greedy decoding: append the most likely next token `max_new_tokens` times; idx (B, T)."""
