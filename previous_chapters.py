@@ -917,8 +917,10 @@ def gpt_from_pretrained(name_or_path, model_class=None):
                                     "save_pretrained(folder) (safetensors is its default).")
     cfg = {"vocab_size": hf["vocab_size"], "context_length": hf["n_positions"], "emb_dim": c,
            "n_heads": hf["n_head"], "n_layers": hf["n_layer"], "drop_rate": 0.0, "qkv_bias": True}
+    tied = hf.get("tie_word_embeddings", True)  # false: lm_head.weight is a matrix of its own
     gpt = (model_class or GPTModel)(cfg)
-    gpt.out_head.weight = gpt.tok_emb.weight  # weight tying, before anything is copied
+    if tied:
+        gpt.out_head.weight = gpt.tok_emb.weight  # weight tying, before anything is copied
     ours, filled, head = dict(gpt.named_parameters()), set(), None
     for path in weight_paths:
         with safe_open(str(path), framework="pt") as f:
@@ -942,10 +944,13 @@ def gpt_from_pretrained(name_or_path, model_class=None):
                     conv1d = short.endswith(".weight") and (".attn." in short or ".mlp." in short)
                     assign_(ours[target], part.T if conv1d else part, f"{target} ({key})")
                     filled.add(target)
+    if not tied and head is not None:
+        assign_(ours["out_head.weight"], head, "out_head.weight (lm_head.weight)")
+        filled.add("out_head.weight")
     if set(ours) != filled:
         unset = sorted(set(ours) - filled)
         raise ValueError(f"the checkpoint left these parameters unset: {unset}")
-    if head is not None and not torch.equal(head.to(gpt.tok_emb.weight.dtype),
+    if tied and head is not None and not torch.equal(head.to(gpt.tok_emb.weight.dtype),
                                             gpt.tok_emb.weight.detach()):
         raise ValueError("this checkpoint's lm_head differs from its token embedding; GPT-2 ties "
                          "them, and so does our GPTModel.")
