@@ -31,9 +31,11 @@ GPT2_VOCAB_SIZE = 50257  # the tokens of GPT-2's tokenizer files (encoder.json /
 EOT_ID = 50256  # <|endoftext|>: GPT-2's beginning, end and unknown token alike
 
 # The tokenizer's settings for transformers' GPT2Tokenizer / GPT2TokenizerFast, as GPT-2's own.
+# clean_up_tokenization_spaces False: decoding gives back the text exactly, as tiktoken's does
+# (True would turn " ." into "." and "do n't" into "don't").
 TOKENIZER_CONFIG = {"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": False,
                     "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
-                    "unk_token": "<|endoftext|>"}
+                    "unk_token": "<|endoftext|>", "clean_up_tokenization_spaces": False}
 
 
 def _refuse_what_gpt2_cannot_hold(model):
@@ -197,7 +199,8 @@ def export_to_hf(model, folder, tie=True, dtype=None, tokenizer=True):
         (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n",
                                              encoding="utf-8")
         (staging / "generation_config.json").write_text(json.dumps(
-            {"bos_token_id": EOT_ID, "eos_token_id": EOT_ID}, indent=2) + "\n", encoding="utf-8")
+            {"bos_token_id": EOT_ID, "eos_token_id": EOT_ID, "pad_token_id": EOT_ID},
+            indent=2) + "\n", encoding="utf-8")
         if tokenizer:
             import course_data
 

@@ -116,6 +116,8 @@ def test_the_tokenizer_files_are_gpt2s_and_encode_as_tiktoken(tmp_path):
     text = "Hello, world!  Naïve café\n\n  tabs\tand <|endoftext|> 1234567 ümlaut 日本"
     assert hf_tok(text)["input_ids"] == tiktoken.encode(text, allowed_special="all")
     assert hf_tok.eos_token_id == 50256 and hf_tok.model_max_length == 64
+    spaced = "Hello , world . I do n't know ."  # decoded as it was, no "clean-up" of spaces
+    assert hf_tok.decode(hf_tok(spaced)["input_ids"]) == spaced
 
 
 def test_a_head_of_its_own_is_refused_unless_tie_false(tmp_path):
