@@ -44,6 +44,11 @@ def _refuse_what_gpt2_cannot_hold(model):
     if not all(hasattr(model, p) for p in parts) or not hasattr(model, "cfg"):
         raise TypeError(f"export_to_hf exports a GPTModel (previous_chapters.py); a "
                         f"{type(model).__name__} lacks some of {', '.join(parts)} or its cfg.")
+    if any(n.endswith(".packed") for n, _ in model.named_buffers()):
+        raise ValueError("the model has 4-bit layers (qlora.LinearNF4), which hold only an "
+                         "approximation of the weights. Load the base model in full precision, "
+                         "put the adapter on it with lora.load_lora_adapter, fold it in with "
+                         "lora.merge_lora(model), then export.")
     names = [n for n, _ in model.named_parameters(remove_duplicate=False)]
     if any(".lora." in n for n in names):
         raise ValueError("the model still has LoRA adapters beside its layers (LinearWithLoRA); "

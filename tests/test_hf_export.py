@@ -21,6 +21,7 @@ from previous_chapters import (
     text_to_token_ids,
     token_ids_to_text,
 )
+from qlora import LinearNF4, quantize_model_nf4
 
 # GPT-2's vocabulary (so that the tokenizer files fit), everything else small
 CFG = {"vocab_size": 50257, "context_length": 64, "emb_dim": 32, "n_heads": 4, "n_layers": 2,
@@ -155,6 +156,17 @@ def test_a_lora_model_must_be_merged_and_then_exports(tmp_path):
     export_to_hf(model, tmp_path / "export", tie=False)
     logits, _ = hf_logits(tmp_path / "export", idx)
     torch.testing.assert_close(logits, expected, rtol=0, atol=1e-4)
+
+
+def test_a_4_bit_model_is_refused_with_what_to_do_instead(tmp_path):
+    model = gpt()
+    quantize_model_nf4(model)  # in place
+    with pytest.raises(ValueError, match=r"4-bit layers.*load_lora_adapter.*merge_lora"):
+        export_to_hf(model, tmp_path / "export")
+    replace_linear_with_lora(model, rank=4, alpha=8, layer_types=(nn.Linear, LinearNF4))
+    with pytest.raises(ValueError, match=r"4-bit layers"):
+        export_to_hf(model, tmp_path / "export")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_classifier_is_refused_with_what_to_do_instead(tmp_path):
