@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -46,44 +45,19 @@ CONTENDERS = {  # key: (label, code run in the child; `folder` is the models dir
 def write_checkpoint(folder: Path) -> None:
     """A random 124M GPT-2 in OpenAI's layout, plus the same weights as a Hugging Face folder."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import numpy as np
-    import tensorflow as tf
-
     sys.path.insert(0, str(ROOT))
-    from tests.tiny_checkpoint import random_gpt2_tensors, tokenizer_files_from_tiktoken_cache
+    from tests.tiny_checkpoint import (
+        random_gpt2_tensors,
+        write_hf_checkpoint,
+        write_openai_checkpoint_raw,
+    )
 
     model_dir = folder / "124M-random"
-    model_dir.mkdir(parents=True)
     tensors = random_gpt2_tensors(HPARAMS, seed=123)
-    names = sorted(tensors)
-    tf.raw_ops.SaveV2(prefix=str(model_dir / "model.ckpt"), tensor_names=names,
-                      shape_and_slices=[""] * len(names), tensors=[tensors[n] for n in names])
-    (model_dir / "checkpoint").write_text('model_checkpoint_path: "model.ckpt"\n'
-                                          'all_model_checkpoint_paths: "model.ckpt"\n')
-    (model_dir / "model.ckpt.meta").write_bytes(b"")  # the graph: not read by any route
-    (model_dir / "hparams.json").write_text(json.dumps(HPARAMS))
-    for name, src in tokenizer_files_from_tiktoken_cache().items():
-        shutil.copyfile(src, model_dir / name)
+    write_openai_checkpoint_raw(model_dir, HPARAMS, tensors)
     assert (model_dir / DATA).stat().st_size == 497_759_232
 
-    from safetensors.numpy import save_file  # the Hugging Face layout of the same weights
-
-    hf = {"wte.weight": tensors["model/wte"], "wpe.weight": tensors["model/wpe"],
-          "ln_f.weight": tensors["model/ln_f/g"], "ln_f.bias": tensors["model/ln_f/b"]}
-    for i in range(HPARAMS["n_layer"]):
-        for sub in ["attn/c_attn", "attn/c_proj", "mlp/c_fc", "mlp/c_proj"]:
-            hf[f"h.{i}.{sub.replace('/', '.')}.weight"] = tensors[f"model/h{i}/{sub}/w"][0]
-            hf[f"h.{i}.{sub.replace('/', '.')}.bias"] = tensors[f"model/h{i}/{sub}/b"]
-        for ln in ["ln_1", "ln_2"]:
-            hf[f"h.{i}.{ln}.weight"] = tensors[f"model/h{i}/{ln}/g"]
-            hf[f"h.{i}.{ln}.bias"] = tensors[f"model/h{i}/{ln}/b"]
-    (folder / "hf").mkdir()
-    save_file({k: np.ascontiguousarray(v) for k, v in hf.items()},
-              str(folder / "hf" / "model.safetensors"), metadata={"format": "pt"})
-    (folder / "hf" / "config.json").write_text(json.dumps(
-        {"model_type": "gpt2", "vocab_size": 50257, "n_positions": 1024, "n_embd": 768,
-         "n_head": 12, "n_layer": 12, "activation_function": "gelu_new",
-         "layer_norm_epsilon": 1e-5}))
+    write_hf_checkpoint(folder / "hf", HPARAMS, tensors)  # the Hugging Face layout of the same
 
 
 # ----- what each child process runs ------------------------------------------------------------
