@@ -7,9 +7,15 @@ importing TensorFlow, and the peak resident memory (the child's ru_maxrss; Linux
 cross-check). The shard stays in
 the operating system's page cache, so every route reads it warm.
 
+Rows (d) build GPTModel on the meta device, so that the memory-mapped arrays become the weights
+themselves (previous_chapters.assign_, gpt_from_pretrained(mmap=True)), then run one forward
+pass, which reads every weight: mapped pages count in the resident memory once read. For them the
+table also gives the growth over the process's memory after its imports (torch alone is ~200 MB).
+
 Run: .venv/bin/python benchmarks/bench_checkpoint_loading.py [--repeat 3]
 Targets (issue 5): (a) >= 5x faster than (b) as whole processes, peak < 1.2x the shard;
-(c) built-in route <= 2.5x the shard at peak.
+(c) built-in route <= 2.5x the shard at peak. (issue 17): (d) peak growth <= 1.3x the model's
+fp32 bytes (the shard's size).
 """
 
 from __future__ import annotations
@@ -39,6 +45,9 @@ CONTENDERS = {  # key: (label, code run in the child; `folder` is the models dir
     "c": ("(c) files -> GPTModel, numpy reader", "numpy_model"),
     "c-tf": ("(c) files -> GPTModel, tf.train.load_variable loop", "tf_loop_model"),
     "c-hf": ("(c) files -> GPTModel, from_pretrained (safetensors)", "hf_model"),
+    "c+": ("(c+) as (c), then one forward pass", "numpy_model_forward"),
+    "d": ("(d) meta device, numpy reader, + forward pass", "numpy_meta_forward"),
+    "d-hf": ("(d) from_pretrained(mmap=True), + forward pass", "hf_mmap_forward"),
 }
 
 
@@ -89,9 +98,15 @@ def _tf_loop(tf, ckpt):
 def child(kind: str, folder: Path) -> dict:
     import gpt_download3
 
+    if kind.endswith("_forward"):
+        import torch  # noqa: F401  (imported before the baseline: it is not the model's memory)
+
+        import previous_chapters  # noqa: F401
+    before = _vm_status("VmRSS")
     tf_import = 0.0
     ckpt = str(folder / "124M-random" / "model.ckpt")
-    if kind in ("numpy_params", "numpy_params_touched", "numpy_model"):
+    if kind in ("numpy_params", "numpy_params_touched", "numpy_model", "numpy_model_forward",
+                "numpy_meta_forward"):
         settings, params = gpt_download3.download_and_load_gpt2("124M-random", folder)
     elif kind in ("tf_loop_params", "tf_loop_model"):
         tf, tf_import = _import_tf()
@@ -106,23 +121,34 @@ def child(kind: str, folder: Path) -> dict:
             for sub in block.values():
                 for leaf in sub.values():
                     total += float(leaf["w"].sum() if isinstance(leaf, dict) else leaf.sum())
-    if kind.endswith("_model"):
+    if kind.endswith(("_model", "_forward")):
+        import torch
+
         from previous_chapters import GPTModel, config_from_hparams, load_weights_into_gpt
 
         if kind == "hf_model":
             gpt = GPTModel.from_pretrained(folder / "hf")
+        elif kind == "hf_mmap_forward":
+            gpt = GPTModel.from_pretrained(folder / "hf", mmap=True)
         else:
-            gpt = load_weights_into_gpt(GPTModel(config_from_hparams(settings)), params).eval()
+            with torch.device("meta") if kind == "numpy_meta_forward" else torch.device("cpu"):
+                gpt = GPTModel(config_from_hparams(settings))
+            gpt = load_weights_into_gpt(gpt, params).eval()
         assert gpt.out_head.weight is gpt.tok_emb.weight
+        if kind.endswith("_forward"):
+            with torch.no_grad():
+                gpt(torch.tensor([[15496, 11, 314, 716, 257, 3303, 2746, 13]]))
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return {"tf_import": tf_import, "peak_bytes": peak_kb * 1024, "hwm_bytes": _vm_hwm()}
+    return {"tf_import": tf_import, "peak_bytes": peak_kb * 1024,
+            "hwm_bytes": _vm_status("VmHWM"), "before_bytes": before}
 
 
-def _vm_hwm():
-    """Linux's own peak-RSS figure for this process image (VmHWM), a cross-check; else 0."""
+def _vm_status(key="VmHWM"):
+    """A figure of Linux's /proc/self/status in bytes (VmHWM: this process image's own peak
+    resident memory, a cross-check; VmRSS: the resident memory now); else 0."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -171,7 +197,8 @@ def main():
             r = {"wall": statistics.median(x["wall"] for x in runs),
                  "tf_import": statistics.median(x["tf_import"] for x in runs),
                  "peak": max(x["peak_bytes"] for x in runs),
-                 "hwm": max(x["hwm_bytes"] for x in runs)}
+                 "hwm": max(x["hwm_bytes"] for x in runs),
+                 "grown": max(x["hwm_bytes"] - x["before_bytes"] for x in runs)}
             results[key] = r
             tf_col = f"{r['tf_import']:.2f}" if r["tf_import"] else "-"
             print(f"{label:54} {r['wall']:7.2f} {tf_col:>11} {r['peak'] / 1e6:8.0f} "
@@ -184,6 +211,13 @@ def main():
             ratio = results["a"]["peak"] / shard
             print(f"(a) peak {ratio:.2f}x the shard (target < 1.2x): "
                   f"{'met' if ratio < 1.2 else 'NOT met'}")
+        for key in ("c+", "d", "d-hf"):
+            if key in results:
+                ratio = results[key]["grown"] / shard
+                verdict = "" if key == "c+" else (
+                    f" (target <= 1.3x): {'met' if ratio <= 1.3 else 'NOT met'}")
+                print(f"{CONTENDERS[key][0]}: grew {results[key]['grown'] / 1e6:.0f} MB after "
+                      f"its imports = {ratio:.2f}x the model{verdict}")
         if "c" in results:
             ratio = results["c"]["peak"] / shard
             print(f"(c) built-in route peak {ratio:.2f}x the shard (target <= 2.5x): "
