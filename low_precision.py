@@ -21,10 +21,13 @@ by memory bandwidth. Stored in 8 bits the weights are read four times faster, in
 - `quantize_int8(model)` / `to_bf16(model)` swap a GPTModel's nn.Linear layers in place; the
   course's `generate` (with its KV cache) runs the result unchanged.
 
-Why these kernels (measured on an AMD EPYC with AVX-512 VNNI and BF16, 2 threads, torch 2.13; the
-figures are in benchmarks/bench_generation_training.py and notebook 10): PyTorch's dynamically
-quantized linear is several times faster than fp32 F.linear at batch 1; bf16 F.linear and
-torch.ops.aten._weight_int8pack_mm (int8 weights, fp32 activations) were slower than fp32 there.
+Why these kernels: one token (batch 1) through all of GPT-2 small's weight matrices, measured on an
+AMD EPYC with AVX-512 VNNI and BF16, torch 2.13, on a machine shared with other jobs
+(benchmarks/bench_low_precision.py prints the same table): fp32 F.linear 24-36 ms; PyTorch's
+dynamically quantized linear on our int8 weights 3.3-7 ms (5-8x faster); bf16 F.linear 15 ms at
+one thread (about 2x), but erratic at two threads on the busy machine (36 ms at best);
+torch.ops.aten._weight_int8pack_mm (int8 weights, fp32 input) 350-600 ms, far slower than fp32;
+torch._int_mm (int8 x int8) at batch 1 over 500 ms. Hence the default: "dynamic" where available.
 PyTorch 2.13 marks its quantized tensor types (torch.qint8, ...) as deprecated (pytorch issue
 184982): we create one qint8 tensor per layer only to hand our weights to the packing op, and
 silence that one warning there. If a later PyTorch removes them, kernel="auto" falls back to

@@ -16,7 +16,7 @@ The kernels alone: one token (batch 1) through every weight matrix of the model,
 F.linear in fp32 and bf16, torch.ops.aten._weight_int8pack_mm (int8 weights, fp32 activations),
 and the dynamic quantized linear with our int8 weights.
 
-Run: .venv/bin/python benchmarks/bench_low_precision.py [--rounds 3]
+Run: .venv/bin/python benchmarks/bench_low_precision.py [--rounds 3] [--tokens 200 1000]
 Targets (issue 17): the fastest 8-bit or bf16 route >= 2x Hugging Face's fp32 tokens/s at 200
 new tokens and >= 1.6x at 1,000. The loading peak is in bench_checkpoint_loading.py (rows d).
 """
@@ -128,6 +128,8 @@ def child_kernels(_kind: str, weights: Path, repeats: int) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="rounds of all contenders (medians)")
+    parser.add_argument("--tokens", type=int, nargs="+", default=[200, 1000],
+                        help="numbers of new tokens to time (the issue's protocol: 200 1000)")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -152,8 +154,8 @@ def main():
         common.run_child(__file__, ["write", "-", weights, 0])
         for rnd in range(1, args.rounds + 1):
             kernels.append(common.run_child(__file__, ["kernels", "-", weights, 20]))
-            for n in (200, 1000):
-                kinds = ["hf", "fp32", "int8", "bf16"] + (["int8-ref"] if n == 200 else [])
+            for n in args.tokens:
+                kinds = ["hf", "fp32", "int8", "bf16"] + (["int8-ref"] if n <= 200 else [])
                 for kind in kinds:
                     r = common.run_child(__file__, ["generate", kind, weights, n])
                     gen.setdefault((kind, n), []).append(r)
@@ -166,7 +168,7 @@ def main():
     print(f"\nGeneration: batch 1, greedy, {PROMPT_TOKENS}-token prompt")
     print(f"{'contender':44} {'new tokens':>10} {'tokens/s':>9} {'x HF':>6} {'same as fp32':>12}")
     speed = {key: statistics.median(r["tokens_per_s"] for r in runs) for key, runs in gen.items()}
-    for n in (200, 1000):
+    for n in args.tokens:
         fp32_ids = gen["fp32", n][0]["ids"]
         for kind in LABELS:
             if (kind, n) not in gen:
@@ -177,6 +179,8 @@ def main():
                   f"{speed[kind, n] / speed['hf', n]:6.2f} {same:12d}")
     print()
     for n, target in ((200, 2.0), (1000, 1.6)):
+        if n not in args.tokens:
+            continue
         best = max(("int8", "bf16"), key=lambda k: speed[k, n])
         ratio = speed[best, n] / speed["hf", n]
         print(f"fastest 8-bit/bf16 route at {n} new tokens: {LABELS[best]}, {ratio:.2f}x HF fp32 "

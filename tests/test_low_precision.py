@@ -118,38 +118,47 @@ def model_124m():
 
 
 def low_precision_variants(model):
-    yield "reference", quantize_int8(copy.deepcopy(model), kernel="reference")
+    """{kernel: converted copy of model}: int8 reference and dynamic kernels, and bf16."""
+    out = {"reference": quantize_int8(copy.deepcopy(model), kernel="reference")}
     if int8_engine():
-        yield "dynamic", quantize_int8(copy.deepcopy(model), kernel="dynamic")
-    yield "bf16", to_bf16(copy.deepcopy(model))
+        out["dynamic"] = quantize_int8(copy.deepcopy(model), kernel="dynamic")
+    out["bf16"] = to_bf16(copy.deepcopy(model))
+    return out
+
+
+@pytest.fixture(scope="module")
+def variants(tiny_model, model_124m):
+    return {"tiny checkpoint": (tiny_model, low_precision_variants(tiny_model)),
+            "124M config": (model_124m, low_precision_variants(model_124m))}
 
 
 @pytest.mark.parametrize("which", ["tiny checkpoint", "124M config"])
-def test_logits_stay_within_the_stated_tolerance_of_fp32(which, tiny_model, model_124m):
-    model = tiny_model if which == "tiny checkpoint" else model_124m
+def test_logits_stay_within_the_stated_tolerance_of_fp32(which, variants):
+    model, low_models = variants[which]
     torch.manual_seed(1)
     idx = torch.randint(0, 50257, (2, 12))
     with torch.no_grad():
         expected = model(idx)
-        for kernel, low in low_precision_variants(model):
+        for kernel, low in low_models.items():
             err = rel_error(low(idx), expected)
             print(f"{which}, {kernel}: relative logit error {err:.4f}")
             assert err < LOGIT_TOLERANCE[which][kernel], (kernel, err)
 
 
-def test_memory_of_each_format(model_124m):
-    fp32 = inference_bytes(model_124m)
-    assert fp32 == 4 * sum(p.numel() for p in model_124m.parameters())  # tied head counted once
-    linear = sum(m.weight.numel() for m in model_124m.modules()
-                 if isinstance(m, torch.nn.Linear))  # the head is tok_emb's tensor
-    int8 = inference_bytes(quantize_int8(copy.deepcopy(model_124m), kernel="reference"))
-    bf16 = inference_bytes(to_bf16(copy.deepcopy(model_124m)))
+def test_memory_of_each_format(variants):
+    model, low_models = variants["124M config"]
+    fp32 = inference_bytes(model)
+    assert fp32 == 4 * sum(p.numel() for p in model.parameters())  # tied head counted once
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    linear = sum(m.weight.numel() for m in linears)  # the head's weight is tok_emb's tensor
+    head, rows = model.out_head.weight.numel(), sum(m.out_features for m in linears)
     # every linear weight: 4 bytes -> 1 (+ one fp32 scale per row) or 2; the head becomes a copy
     # of its own next to the fp32 embedding
-    head = model_124m.out_head.weight.numel()
-    rows = sum(m.out_features for m in model_124m.modules() if isinstance(m, torch.nn.Linear))
-    assert int8 == fp32 - 4 * (linear - head) + (linear - head) + head + 4 * rows
-    assert bf16 == fp32 - 2 * (linear - head) + 2 * head
+    assert inference_bytes(low_models["reference"]) == (
+        fp32 - 4 * (linear - head) + (linear - head) + head + 4 * rows)
+    assert inference_bytes(low_models["bf16"]) == fp32 - 2 * (linear - head) + 2 * head
+    if "dynamic" in low_models:  # the packed form holds the same bytes
+        assert inference_bytes(low_models["dynamic"]) == inference_bytes(low_models["reference"])
 
 
 @pytest.mark.parametrize("kernel", ["auto", "reference", "bf16"])
@@ -173,14 +182,14 @@ def test_state_dict_saves_and_loads_into_a_model_built_on_meta(kernel, tiny_mode
             again.load_state_dict(bad)
 
 
-def test_generate_with_the_kv_cache_runs_every_variant_unchanged(tiny_model):
+def test_generate_with_the_kv_cache_runs_every_variant_unchanged(variants):
     idx = torch.tensor([[15496, 11, 314, 716]])
-    expected = generate(tiny_model, idx, 6, 1024, use_cache=False)
-    for kernel, low in low_precision_variants(tiny_model):
+    for kernel, low in variants["tiny checkpoint"][1].items():
         cached = generate(low, idx, 6, 1024)
-        assert cached.shape == expected.shape
+        assert cached.shape == (1, 10)
         assert torch.equal(cached, generate(low, idx, 6, 1024, use_cache=False)), kernel
-    assert isinstance(low.out_head, BF16Linear)
+        head = BF16Linear if kernel == "bf16" else Int8Linear
+        assert isinstance(low.out_head, head) and isinstance(low.trf_blocks[0].ff.layers[0], head)
 
 
 # ----- a model that is confident: trained on The Verdict inside the test --------------------------
