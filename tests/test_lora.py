@@ -155,6 +155,46 @@ def test_linear_with_lora_wraps_any_layer_with_in_and_out_features():
         LinearWithLoRA(wrapped, 2, 2)
 
 
+def plain_sum_and_fused(base, x, autocast=False):
+    """(output, grads of x, A, B) of lora.py's in-place forward and of linear(x) + lora(x)."""
+    torch.manual_seed(0)
+    wrapped = LinearWithLoRA(base, rank=3, alpha=5)  # scaling 5/3: not a power of two
+    with torch.no_grad():
+        wrapped.lora.B.normal_()
+    results = []
+    for forward in (wrapped.forward, lambda t: wrapped.linear(t) + wrapped.lora(t)):
+        xs = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = forward(xs)
+        out.float().pow(2).sum().backward()
+        results.append((out.detach(), xs.grad, wrapped.lora.A.grad, wrapped.lora.B.grad))
+        wrapped.zero_grad(set_to_none=True)
+    return results
+
+
+@pytest.mark.parametrize("case", ["linear", "no-bias", "4-bit stand-in", "autocast bf16"])
+def test_fused_forward_equals_the_plain_sum(case):
+    """LinearWithLoRA adds the update into the frozen layer's output in place (addmm_): the same
+    output and the same gradients for x, A and B as linear(x) + lora(x)."""
+    torch.manual_seed(1)
+    base = {"linear": nn.Linear(12, 7), "no-bias": nn.Linear(12, 7, bias=False),
+            "4-bit stand-in": TinyNF4Stand_in(torch.randn(7, 12) * 0.1),
+            "autocast bf16": nn.Linear(12, 7)}[case]
+    x = torch.randn(2, 5, 12)  # (B, T, in)
+    fused, plain = plain_sum_and_fused(base, x, autocast=case == "autocast bf16")
+    assert fused[0].shape == plain[0].shape == (2, 5, 7) and fused[0].dtype == plain[0].dtype
+    for a, b in zip(fused, plain):
+        if case == "autocast bf16":  # bf16 keeps 8 bits: the two round differently, element-wise
+            assert (a.float() - b.float()).norm() <= 2e-2 * b.float().norm()
+        else:
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # inference, and a 2-D input
+        wrapped = LinearWithLoRA(nn.Linear(12, 7), 3, 5)
+        wrapped.lora.B.normal_()
+        flat = torch.randn(4, 12)
+        torch.testing.assert_close(wrapped(flat), wrapped.linear(flat) + wrapped.lora(flat))
+
+
 # ----- replace_linear_with_lora on the tiny checkpoint --------------------------------------------
 
 @pytest.mark.parametrize("kind", KINDS)
