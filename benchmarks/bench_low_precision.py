@@ -17,6 +17,7 @@ F.linear in fp32 and bf16, torch.ops.aten._weight_int8pack_mm (int8 weights, fp3
 and the dynamic quantized linear with our int8 weights.
 
 Run: .venv/bin/python benchmarks/bench_low_precision.py [--rounds 3] [--tokens 200 1000]
+     [--threads 2]
 Targets (issue 17): the fastest 8-bit or bf16 route >= 2x Hugging Face's fp32 tokens/s at 200
 new tokens and >= 1.6x at 1,000. The loading peak is in bench_checkpoint_loading.py (rows d).
 """
@@ -57,12 +58,17 @@ def model_of(kind: str, weights: Path):
     return model
 
 
+def threads() -> int:
+    """The threads each child uses: the protocol's 2, or --threads (passed in the environment)."""
+    return int(os.environ.get("BENCH_THREADS", THREADS))
+
+
 def child_generate(kind: str, weights: Path, new_tokens: int) -> dict:
     import torch
 
     from previous_chapters import generate
 
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(threads())
     model = model_of(kind, weights)
     idx = torch.randint(0, CFG["vocab_size"], (1, PROMPT_TOKENS),
                         generator=torch.Generator().manual_seed(0))
@@ -92,7 +98,7 @@ def child_kernels(_kind: str, weights: Path, repeats: int) -> dict:
 
     from low_precision import absmax_quantize, quantize_int8
 
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(threads())
     model = build("tied", weights, drop_rate=0.0).eval()
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     x = {n: torch.randn(1, n) for n in {m.in_features for m in linears}}
@@ -130,6 +136,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="rounds of all contenders (medians)")
     parser.add_argument("--tokens", type=int, nargs="+", default=[200, 1000],
                         help="numbers of new tokens to time (the issue's protocol: 200 1000)")
+    parser.add_argument("--threads", type=int, default=THREADS,
+                        help="torch threads per contender (the issue's protocol: 2; on a busy "
+                             "machine 1 thread is steadier)")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -145,7 +154,9 @@ def main():
     from importlib.metadata import version
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"torch {version('torch')}, transformers {version('transformers')}, {THREADS} threads; "
+    os.environ["BENCH_THREADS"] = str(args.threads)  # the children inherit it
+    print(f"torch {version('torch')}, transformers {version('transformers')}, {args.threads} "
+          f"thread(s); "
           f"{cpu_name()} ({cpu_flags()}), {os.cpu_count()} CPUs; load average {load:.2f} at the "
           f"start; {args.rounds} round(s), medians\n")
     gen, kernels = {}, []
