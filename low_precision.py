@@ -73,6 +73,7 @@ def int8_engine() -> str | None:
     try:
         engines = torch.backends.quantized.supported_engines
         torch.ops.quantized.linear_prepack, torch.ops.quantized.linear_dynamic  # noqa: B018
+        torch._make_per_channel_quantized_tensor  # noqa: B018  (the qint8 container we hand over)
     except (AttributeError, RuntimeError):
         return None
     return next((e for e in ("fbgemm", "qnnpack") if e in engines), None)
