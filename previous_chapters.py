@@ -769,11 +769,17 @@ def config_from_hparams(settings, drop_rate=0.0):
 
 
 def assign_(param, array, name):
-    """Copy numpy `array` into tensor `param` in place; a shape mismatch names both shapes."""
+    """Copy numpy `array` into tensor `param` in place; a shape mismatch names both shapes.
+    A `param` on the meta device (a model built with no memory) takes the array's own memory
+    instead (torch.utils.swap_tensors keeps the Parameter, and so weight tying): no copy."""
     value = torch.as_tensor(array)
     if tuple(param.shape) != tuple(value.shape):
         raise ValueError(f"{name}: the model has shape {tuple(param.shape)} but the checkpoint "
                          f"gives {tuple(value.shape)}. Does the model config match the weights?")
+    if param.is_meta:  # a memory-mapped array stays mapped: its pages load when first read
+        new = torch.nn.Parameter(value.to(param.dtype), requires_grad=param.requires_grad)
+        torch.utils.swap_tensors(param, new)
+        return
     with torch.no_grad():
         param.copy_(value)
 
@@ -857,11 +863,14 @@ HF_GPT2_NAMES = {
 }
 
 
-def gpt_from_pretrained(name_or_path, model_class=None):
+def gpt_from_pretrained(name_or_path, model_class=None, mmap=False):
     """A GPTModel holding a Hugging Face GPT-2: a hub name (HF_GPT2_MODELS) or a local folder
     with config.json and model.safetensors. Needs huggingface_hub (hub) and safetensors.
     Fills the same model as load_weights_into_gpt (the lecture's route, for OpenAI's files):
-    tests/test_load_weights.py::test_both_routes_fill_the_same_model."""
+    tests/test_load_weights.py::test_both_routes_fill_the_same_model. mmap=True builds the model
+    on the meta device and keeps the weights memory-mapped from the file (assign_): no second
+    copy in memory (tests/test_low_precision.py measures the peak)."""
+    import contextlib
     import json
     import re
     import warnings
@@ -918,7 +927,8 @@ def gpt_from_pretrained(name_or_path, model_class=None):
     cfg = {"vocab_size": hf["vocab_size"], "context_length": hf["n_positions"], "emb_dim": c,
            "n_heads": hf["n_head"], "n_layers": hf["n_layer"], "drop_rate": 0.0, "qkv_bias": True}
     tied = hf.get("tie_word_embeddings", True)  # false: lm_head.weight is a matrix of its own
-    gpt = (model_class or GPTModel)(cfg)
+    with torch.device("meta") if mmap else contextlib.nullcontext():
+        gpt = (model_class or GPTModel)(cfg)
     if tied:
         gpt.out_head.weight = gpt.tok_emb.weight  # weight tying, before anything is copied
     ours, filled, head = dict(gpt.named_parameters()), set(), None
@@ -960,7 +970,7 @@ def gpt_from_pretrained(name_or_path, model_class=None):
 # GPTModel was built in notebook 03, before there were weights to load. Notebook 05 adds the
 # Hugging Face route to it here, so that GPTModel.from_pretrained("gpt2") works as in nanoGPT.
 GPTModel.from_pretrained = classmethod(
-    lambda cls, name_or_path: gpt_from_pretrained(name_or_path, model_class=cls))
+    lambda cls, name_or_path, mmap=False: gpt_from_pretrained(name_or_path, cls, mmap))
 
 
 # ===== 06_classification_finetuning.ipynb =====
