@@ -81,7 +81,10 @@ def build_model(args, log=print):
             raise ValueError(f"--model {args.model!r}: random weights need one of GPT-2's sizes "
                              f"({', '.join(GPT2_HPARAMS)}) to take the shape from.")
         cfg = config_from_hparams(GPT2_HPARAMS[args.model], drop_rate=args.dropout)
-        cfg["context_length"] = args.context_length
+        # no query/key/value biases from scratch, as notebook 03's GPT_CONFIG_124M: the key bias
+        # cannot learn (adding b to every key adds q.b to every score of a row: the softmax is
+        # unchanged, the gradient zero), and AdamW would turn that zero's rounding noise into steps
+        cfg.update(context_length=args.context_length, qkv_bias=False)
         for key in ("emb_dim", "n_layers", "n_heads"):
             if getattr(args, key) is not None:
                 cfg[key] = getattr(args, key)

@@ -85,10 +85,14 @@ def save_checkpoint(state: dict, ckpt_dir, keep: int = 3) -> Path:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = ckpt_dir / f"step_{state['step']:08d}.pt"
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:  # a full disk, an interrupt: no half file left behind
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)  # atomic: readers see the old file set or the new one, never half
     _fsync_dir(ckpt_dir)
     for old in list_checkpoints(ckpt_dir)[:-keep] if keep > 0 else []:

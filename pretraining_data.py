@@ -3,8 +3,9 @@
 `prepare_corpus(folder, out_dir)` tokenizes every `*.txt` file under `folder` (each file one
 document, `<|endoftext|>` between documents) and writes `train.bin` and `val.bin`: the ids as
 little-endian uint16, back to back, which `np.memmap` maps without reading (a corpus larger than
-memory works), plus `meta.json` (tokenizer, counts). Files are read in chunks of a few MB and
-written as they are tokenized, to a temporary file renamed into place at the end.
+memory works), plus `meta.json` (tokenizer, counts). Files are read in chunks of a few MB, cut
+where tokenization is unaffected, and written as they are tokenized, to a temporary file renamed
+into place at the end.
 
 `TokenWindows` reads such a file as windows of `context_length + 1` tokens (input and target
 shifted by one), in an order shuffled once per epoch by a seed: the sample number alone says
@@ -27,25 +28,31 @@ DTYPE = np.dtype("<u2")  # uint16, little-endian: GPT-2's 50,257 ids fit (at mos
 CHUNK_BYTES = 4 << 20  # bytes read and tokenized at a time
 
 
-def _text_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES):
-    """Yield a file's text in pieces, each cut after a newline that an ASCII non-space character
-    follows: GPT-2's pre-tokenizer always splits there, so the pieces tokenize exactly as the
-    whole text. Raises ValueError naming the file and byte offset of a non-UTF-8 byte."""
-    offset, rest = 0, b""
+def _safe(byte: int) -> bool:
+    """An ASCII character that is not whitespace (the bytes around a safe cut)."""
+    return byte < 0x80 and not chr(byte).isspace()
+
+
+def _text_chunks(path: Path, chunk_bytes: int | None = None):
+    """Yield a file's text in pieces of about chunk_bytes, each cut before a space that sits
+    between two ASCII non-space characters ("a| b"): GPT-2's pre-tokenizer splits there in any
+    case (" b..." starts a piece of its own), so the pieces tokenize exactly as the whole text
+    (tests/test_pretraining_script.py checks this against tiktoken on the whole text). Raises
+    ValueError naming the file and the byte offset of a non-UTF-8 byte."""
+    offset, rest, chunk_bytes = 0, b"", chunk_bytes or CHUNK_BYTES
     with open(path, "rb") as f:
         while True:
             block = f.read(chunk_bytes)
             data = rest + block
             cut = len(data)
-            if block:  # not at the end: cut after the last "\n" followed by a safe character
+            if block:  # not at the end yet: cut before the last safe space (none: read more)
                 cut = 0
-                pos = data.rfind(b"\n", 0, len(data) - 1)
-                while pos >= 0:
-                    nxt = data[pos + 1]
-                    if nxt < 0x80 and not chr(nxt).isspace():
-                        cut = pos + 1
+                pos = data.rfind(b" ", 1, len(data) - 1)
+                while pos > 0:
+                    if _safe(data[pos - 1]) and _safe(data[pos + 1]):
+                        cut = pos
                         break
-                    pos = data.rfind(b"\n", 0, pos)
+                    pos = data.rfind(b" ", 1, pos)
             piece, rest = data[:cut], data[cut:]
             try:
                 text = piece.decode("utf-8")
