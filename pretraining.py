@@ -157,12 +157,14 @@ def build_parser():
     a("--warmup-steps", type=int, default=100)
     a("--weight-decay", type=float, default=0.1, help="on matrices only")
     a("--grad-clip", type=float, default=1.0, help="max global gradient norm; 0: no clipping")
-    a("--eval-every", type=int, default=100, help="steps between evaluations (and samples)")
+    a("--eval-every", type=int, default=100,
+      help="steps between evaluations and samples (and at the end); 0: never")
     a("--eval-batches", type=int, default=10, help="batches of the fixed validation sample")
     a("--sample-prompt", default="Every effort moves you")
     a("--sample-tokens", type=int, default=30, help="0: no text sample")
     a("--log-every", type=int, default=10, help="steps between printed lines")
-    a("--ckpt-every", type=int, default=100, help="steps between checkpoints")
+    a("--ckpt-every", type=int, default=100,
+      help="steps between checkpoints (and at the end); 0: never")
     a("--keep", type=int, default=3, help="checkpoints kept")
     a("--resume", action="store_true", help="continue from the newest good checkpoint")
     a("--stop-after", type=int, help="stop after this step, as if the job were killed there")
@@ -174,13 +176,15 @@ def build_parser():
 
 
 def _check_args(args):
-    for key in ("context_length", "batch_size", "accum", "max_steps", "eval_every",
-                "eval_batches", "log_every", "ckpt_every"):
+    for key in ("context_length", "batch_size", "accum", "max_steps", "eval_batches",
+                "log_every"):
         if getattr(args, key) < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be at least 1, not "
                              f"{getattr(args, key)}")
     if not 0 <= args.warmup_steps <= args.max_steps:
         raise ValueError(f"--warmup-steps {args.warmup_steps} must be in 0..--max-steps")
+    if args.eval_every < 0 or args.ckpt_every < 0:
+        raise ValueError("--eval-every and --ckpt-every must be 0 (never) or positive")
     if args.min_lr > args.lr:
         raise ValueError(f"--min-lr {args.min_lr} is above the peak --lr {args.lr}")
 
@@ -366,7 +370,7 @@ def train(args):
             row = {"step": step, "tokens_seen": step * tokens_per_step, "lr": lr,
                    "train_loss": train_loss, "grad_norm": grad_norm.item(), "val_loss": "",
                    "tokens_per_s": tokens_per_step / dt, "elapsed_s": 0.0}
-            if step % args.eval_every == 0 or step == args.max_steps:
+            if args.eval_every and (step % args.eval_every == 0 or step == args.max_steps):
                 row["val_loss"] = evaluate(model, val_data, args.eval_batches, B, rank, world,
                                            device, args.bf16)
                 say(f"step {step}: validation loss {row['val_loss']:.4f}")
@@ -383,7 +387,7 @@ def train(args):
                 rows.append(row)
                 writer.writerow(row)
                 log_file.flush()
-            if step % args.ckpt_every == 0 or step == args.max_steps:
+            if args.ckpt_every and (step % args.ckpt_every == 0 or step == args.max_steps):
                 rngs = [rng_state()]
                 if world > 1:
                     rngs = [None] * world
