@@ -297,3 +297,21 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         save_checkpoint({"step": 2, "x": torch.zeros(3)}, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [good.name]
     assert math.isclose(torch.load(good)["x"].sum().item(), 3.0)
+
+
+def test_continued_pretraining_from_openais_files_keeps_the_tied_head(corpus, tmp_path):
+    """--init openai loads the tiny checkpoint in OpenAI's layout (conftest.py) by gpt_download3;
+    step 1's loss is the loaded model's loss on the first batch; the tie survives a resume."""
+    from gpt_download3 import download_and_load_gpt2
+    from previous_chapters import config_from_hparams, load_weights_into_gpt
+
+    init = ["--init", "openai", "--model", "tiny-test", "--batch-size", 2, "--ckpt-every", 1]
+    _, rows = run_single(corpus[1], tmp_path, *init, "--max-steps", 1)
+    settings, params = download_and_load_gpt2("tiny-test", os.environ["COURSE_MODELS_DIR"])
+    reference = load_weights_into_gpt(GPTModel(config_from_hparams(settings)), params)
+    x, y = pretraining_data.TokenWindows(corpus[1] / "train.bin", 16, seed=123).batch(0, 2)
+    assert rows[0]["train_loss"] == pytest.approx(calc_loss_batch(x, y, reference, "cpu").item(),
+                                                  abs=1e-6)
+    model, _ = run_single(corpus[1], tmp_path, *init, "--max-steps", 2, "--resume")
+    assert load_checkpoint(tmp_path / "checkpoints" / "step_00000002.pt")["tied"]
+    assert model.out_head.weight is model.tok_emb.weight
