@@ -118,14 +118,16 @@ def batch_loss(model, input_batch, target_batch, bf16=False):
 
 @torch.no_grad()
 def evaluate(model, val_data, batches, batch_size, rank, world, device, bf16):
-    """Mean loss over the fixed validation sample (its first batches x batch_size windows in
-    file order, cut to what val.bin holds); the ranks share the batches and all-reduce."""
+    """Mean batch loss over the fixed validation sample: the first `batches` batches of val.bin's
+    windows in file order (the last one shorter if val.bin ends), as calc_loss_loader on
+    notebook 04's validation loader; the ranks share the batches and all-reduce."""
     model.eval()
     total = torch.zeros(2, device=device)  # (sum of batch losses, number of batches)
-    n = max(1, min(batches, len(val_data) // batch_size))
-    size = min(batch_size, len(val_data))
+    n = min(batches, math.ceil(len(val_data) / batch_size))
     for i in range(rank, n, world):
-        x, y = (t.to(device) for t in val_data.batch(i * size, size))
+        first = i * batch_size
+        size = min(batch_size, len(val_data) - first)
+        x, y = (t.to(device) for t in val_data.batch(first, size))
         total += torch.stack([batch_loss(model, x, y, bf16), torch.ones((), device=device)])
     if world > 1:
         dist.all_reduce(total)
