@@ -319,9 +319,9 @@ def train(args):
         torch.manual_seed(args.seed + rank)  # each rank its own dropout masks
     ddp = None
     if world > 1:
+        # (GPTModel has no buffers, so DDP has none to broadcast before each forward pass)
         ddp = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False)  # GPTModel's only buffers are constant causal masks
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     net = ddp or model
     tokenizer = None
     if rank == 0 and args.sample_tokens > 0:
