@@ -107,9 +107,10 @@ def load_checkpoint(path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # zip errors, unpickling errors, ...: all mean "not usable"
+        first = (str(e).strip().splitlines() or [""])[0].split(". ")[0]  # torch's first sentence
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}); it may have been "
-                              "cut short by a crash or a full disk.") from None
+                              f"{first}); it may have been cut short by a crash or a full "
+                              "disk.") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path} is not a checkpoint of scripts/pretrain.py (format "
