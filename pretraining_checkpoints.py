@@ -1,0 +1,142 @@
+"""Checkpoints of a pretraining run that survive crashes, for pretraining.py.
+
+A checkpoint is one file, `step_00001200.pt` (torch.save's zip format), holding everything the
+run needs to continue exactly: the model's and the optimizer's state, the step, the data position
+(samples seen), the model config, and every rank's random-number states (python, numpy, torch,
+CUDA). It is written to `step_00001200.pt.tmp`, flushed to the disk (fsync), and only then
+renamed into place, so a crash while writing leaves the previous checkpoints untouched; the
+oldest files beyond the last `keep` are then removed.
+
+Loading refuses, with a message naming the file, anything that is not a complete checkpoint of
+this script (cut short, another program's file, a missing entry); `latest_checkpoint` then falls
+back to the newest one that loads. Files are read with torch.load(weights_only=True): tensors and
+plain Python values only, never code.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["FORMAT", "CheckpointError", "rng_state", "set_rng_state", "save_checkpoint",
+           "load_checkpoint", "list_checkpoints", "latest_checkpoint"]
+
+FORMAT = "llm-from-scratch-course/pretrain/1"  # changes when the contents change
+REQUIRED = ("format", "step", "samples_seen", "model", "optimizer", "config", "tied", "rng",
+            "elapsed_s", "train_tokens", "args")
+NAME = re.compile(r"step_(\d{8})\.pt")
+
+
+class CheckpointError(ValueError):
+    """A file that is not a complete checkpoint of scripts/pretrain.py."""
+
+
+def rng_state() -> dict:
+    """This process's random-number states: python, numpy, torch (CPU) and CUDA if present."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(),
+            # numpy's state as a tensor and plain numbers: weights_only loading accepts those
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what rng_state returned."""
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def list_checkpoints(ckpt_dir) -> list:
+    """The checkpoint files in ckpt_dir, oldest step first."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted(p for p in ckpt_dir.iterdir() if NAME.fullmatch(p.name))
+
+
+def save_checkpoint(state: dict, ckpt_dir, keep: int = 3) -> Path:
+    """Write `state` (with its "step") as ckpt_dir/step_XXXXXXXX.pt by temp file, fsync and
+    rename; then keep only the newest `keep` checkpoints. Returns the new file's path."""
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    path = ckpt_dir / f"step_{state['step']:08d}.pt"
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:  # a full disk, an interrupt: no half file left behind
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)  # atomic: readers see the old file set or the new one, never half
+    _fsync_dir(ckpt_dir)
+    for old in list_checkpoints(ckpt_dir)[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path) -> dict:
+    """A checkpoint's contents (tensors on the CPU); CheckpointError, naming the file, if it is
+    cut short, unreadable, or not a checkpoint of this script."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # zip errors, unpickling errors, ...: all mean "not usable"
+        first = (str(e).strip().splitlines() or [""])[0].split(". ")[0]  # torch's first sentence
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: "
+                              f"{first}); it may have been cut short by a crash or a full "
+                              "disk.") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path} is not a checkpoint of scripts/pretrain.py (format "
+                              f"{found!r}, expected {FORMAT!r}).")
+    missing = [k for k in REQUIRED if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} lacks {missing}; it is incomplete.")
+    return state
+
+
+def latest_checkpoint(ckpt_dir, log=print):
+    """(path, contents) of the newest checkpoint in ckpt_dir that loads, or (None, None) if there
+    is none; each refused file is reported through `log` with the one used instead."""
+    refused = []
+    for path in reversed(list_checkpoints(ckpt_dir)):
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError as e:
+            log(f"Refused: {e}")
+            refused.append(path)
+            continue
+        if refused:
+            log(f"Using the previous good checkpoint instead: {path}")
+        return path, state
+    if refused:
+        raise CheckpointError(f"no checkpoint in {ckpt_dir} loads (refused: "
+                              f"{', '.join(p.name for p in refused)}); start without --resume "
+                              "or restore a good copy.")
+    return None, None

@@ -1,0 +1,194 @@
+"""Pretraining data: a folder of .txt files -> GPT-2 token ids on disk, and batches read back.
+
+`prepare_corpus(folder, out_dir)` tokenizes every `*.txt` file under `folder` (each file one
+document, `<|endoftext|>` between documents) and writes `train.bin` and `val.bin`: the ids as
+little-endian uint16, back to back, which `np.memmap` maps without reading (a corpus larger than
+memory works), plus `meta.json` (tokenizer, counts). Files are read in chunks of a few MB, cut
+where tokenization is unaffected, and written as they are tokenized, to a temporary file renamed
+into place at the end.
+
+`TokenWindows` reads such a file as windows of `context_length + 1` tokens (input and target
+shifted by one), in an order shuffled once per epoch by a seed: the sample number alone says
+which window comes next, so a checkpoint's data position is one integer. Used by pretraining.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["DTYPE", "prepare_corpus", "read_meta", "TokenWindows"]
+
+DTYPE = np.dtype("<u2")  # uint16, little-endian: GPT-2's 50,257 ids fit (at most 65,536)
+CHUNK_BYTES = 4 << 20  # bytes read and tokenized at a time
+
+
+def _safe(byte: int) -> bool:
+    """An ASCII character that is not whitespace (the bytes around a safe cut)."""
+    return byte < 0x80 and not chr(byte).isspace()
+
+
+def _text_chunks(path: Path, chunk_bytes: int | None = None):
+    """Yield a file's text in pieces of about chunk_bytes, each cut before a space that sits
+    between two ASCII non-space characters ("a| b"): GPT-2's pre-tokenizer splits there in any
+    case (" b..." starts a piece of its own), so the pieces tokenize exactly as the whole text
+    (tests/test_pretraining_script.py checks this against tiktoken on the whole text). Raises
+    ValueError naming the file and the byte offset of a non-UTF-8 byte."""
+    offset, rest, chunk_bytes = 0, b"", chunk_bytes or CHUNK_BYTES
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk_bytes)
+            data = rest + block
+            cut = len(data)
+            if block:  # not at the end yet: cut before the last safe space (none: read more)
+                cut = 0
+                pos = data.rfind(b" ", 1, len(data) - 1)
+                while pos > 0:
+                    if _safe(data[pos - 1]) and _safe(data[pos + 1]):
+                        cut = pos
+                        break
+                    pos = data.rfind(b" ", 1, pos)
+            piece, rest = data[:cut], data[cut:]
+            try:
+                text = piece.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(
+                    f"{path} is not UTF-8 text: byte 0x{piece[e.start]:02x} at offset "
+                    f"{offset + e.start} ({e.reason}). Convert it to UTF-8 (for example "
+                    f"`iconv -f latin1 -t utf-8 in.txt > out.txt`) or move it out of the folder."
+                ) from None
+            offset += len(piece)
+            if text:
+                yield text
+            if not block:
+                return
+
+
+def prepare_corpus(folder, out_dir, val_fraction=0.1, tokenizer=None, progress=True) -> dict:
+    """Tokenize every *.txt file under `folder` (sorted by path; each one document, with the
+    tokenizer's end-of-text id between documents) into out_dir/train.bin and val.bin; the last
+    `val_fraction` of the tokens is the validation split. Returns the summary in meta.json."""
+    from tqdm import tqdm
+
+    if tokenizer is None:
+        from course_data import get_gpt2_tokenizer
+
+        tokenizer = get_gpt2_tokenizer()
+    folder, out_dir = Path(folder), Path(out_dir)
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), not {val_fraction}")
+    if tokenizer.n_vocab > np.iinfo(DTYPE).max + 1:
+        raise ValueError(f"the tokenizer has {tokenizer.n_vocab:,} ids, more than uint16 holds "
+                         f"(65,536): train.bin stores uint16. Use GPT-2's tokenizer, or change "
+                         f"pretraining_data.DTYPE to uint32 (twice the disk).")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder; pass the folder that holds .txt files.")
+    files = sorted(p for p in folder.rglob("*.txt") if p.is_file())
+    if not files:
+        raise ValueError(f"{folder} holds no .txt files (searched its subfolders too); put the "
+                         "texts there as UTF-8 .txt files, one document per file.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp_train, tmp_val = out_dir / "train.bin.tmp", out_dir / "val.bin.tmp"
+    total_bytes = sum(p.stat().st_size for p in files)
+    n_tokens, documents = 0, 0
+    try:
+        with open(tmp_train, "wb") as out, tqdm(total=total_bytes, unit="B", unit_scale=True,
+                                                desc="tokenizing", disable=not progress,
+                                                file=sys.stdout) as bar:
+            for path in files:
+                if documents:  # <|endoftext|> between documents
+                    out.write(np.array([tokenizer.eot_token], DTYPE).tobytes())
+                    n_tokens += 1
+                for text in _text_chunks(path):
+                    # encode_ordinary: a literal "<|endoftext|>" in a text stays plain text
+                    ids = np.array(tokenizer.encode_ordinary(text), dtype=DTYPE)
+                    out.write(ids.tobytes())
+                    n_tokens += len(ids)
+                    bar.update(len(text.encode("utf-8")))
+                documents += 1
+            out.flush()
+            os.fsync(out.fileno())
+        n_val = int(round(n_tokens * val_fraction))
+        n_train = n_tokens - n_val
+        if n_train < 2 or n_val < 2:
+            raise ValueError(f"{folder}: {n_tokens} tokens are too few to split into training "
+                             f"and validation parts of 2 or more tokens each; add text.")
+        # the validation split is the file's tail: copy it out, then cut the training file
+        ids = np.memmap(tmp_train, dtype=DTYPE, mode="r")
+        with open(tmp_val, "wb") as out:
+            for start in range(n_train, n_tokens, CHUNK_BYTES):
+                out.write(ids[start:min(start + CHUNK_BYTES, n_tokens)].tobytes())
+            out.flush()
+            os.fsync(out.fileno())
+        del ids
+        os.truncate(tmp_train, n_train * DTYPE.itemsize)
+        os.replace(tmp_train, out_dir / "train.bin")
+        os.replace(tmp_val, out_dir / "val.bin")
+    finally:
+        for tmp in (tmp_train, tmp_val):
+            tmp.unlink(missing_ok=True)
+    meta = {"tokenizer": getattr(tokenizer, "name", "?"), "vocab_size": tokenizer.n_vocab,
+            "eot_token": tokenizer.eot_token, "dtype": DTYPE.str, "documents": documents,
+            "bytes": total_bytes, "tokens": n_tokens, "train_tokens": n_train,
+            "val_tokens": n_val}
+    tmp_meta = out_dir / "meta.json.tmp"
+    tmp_meta.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    os.replace(tmp_meta, out_dir / "meta.json")
+    return meta
+
+
+def read_meta(data_dir) -> dict:
+    """meta.json of a prepared folder; a missing one (a folder prepared elsewhere) means GPT-2."""
+    path = Path(data_dir) / "meta.json"
+    if not path.is_file():
+        return {"vocab_size": 50257, "eot_token": 50256, "dtype": DTYPE.str}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+class TokenWindows:
+    """The token ids of a .bin file as `len(self)` windows of context_length + 1 tokens, starting
+    every context_length tokens. Sample number i (counted over all epochs) is window
+    perm_e[i % len] of epoch e = i // len, perm_e a permutation seeded by (seed, e);
+    shuffle=False keeps file order (the fixed validation sample)."""
+
+    def __init__(self, path, context_length: int, seed: int = 0, shuffle: bool = True):
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist; make it with scripts/prepare_data.py.")
+        if path.stat().st_size % DTYPE.itemsize:
+            raise ValueError(f"{path} has an odd number of bytes: it is not a uint16 token file "
+                             "(or was cut short). Prepare it again with scripts/prepare_data.py.")
+        self.path, self.context_length = path, context_length
+        self.ids = np.memmap(path, dtype=DTYPE, mode="r")
+        self.num_windows = (len(self.ids) - 1) // context_length
+        if self.num_windows < 1:
+            raise ValueError(f"{path} holds {len(self.ids)} tokens, fewer than one window of "
+                             f"context_length + 1 = {context_length + 1}; use more text or a "
+                             "shorter --context-length.")
+        self.seed, self.shuffle, self._perm = seed, shuffle, (None, None)
+
+    def __len__(self):
+        return self.num_windows
+
+    def window_start(self, sample: int) -> int:
+        """The first token of sample number `sample`."""
+        epoch, i = divmod(sample, self.num_windows)
+        if not self.shuffle:
+            return i * self.context_length
+        if self._perm[0] != epoch:  # one permutation per epoch, kept while that epoch lasts
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = (epoch, torch.randperm(self.num_windows, generator=gen))
+        return int(self._perm[1][i]) * self.context_length
+
+    def batch(self, first_sample: int, batch_size: int):
+        """Samples first_sample .. first_sample + batch_size - 1 as (inputs, targets), (B, T)
+        int64 tensors each, targets the inputs shifted by one token."""
+        rows = [self.ids[s:s + self.context_length + 1]
+                for s in map(self.window_start, range(first_sample, first_sample + batch_size))]
+        xy = torch.from_numpy(np.stack(rows).astype(np.int64))  # (B, T + 1)
+        return xy[:, :-1], xy[:, 1:]
