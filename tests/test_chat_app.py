@@ -174,9 +174,15 @@ def expected_answer(tiny, message, max_new_tokens, **sampling):
 
 
 def set_number(page, elem_id, value):
-    """Type into a slider's / number box's number field, as a learner would."""
-    page.locator(f"#{elem_id} input[type=number]").fill(str(value))
-    page.locator(f"#{elem_id} input[type=number]").press("Enter")
+    """Type into a slider's / number box's number field, as a learner would, and leave it (a
+    slider takes the value then: wait until its handle shows it)."""
+    field = page.locator(f"#{elem_id} input[type=number]")
+    field.fill(str(value))
+    field.press("Tab")
+    handle = page.locator(f"#{elem_id} input[type=range]")
+    if handle.count():
+        page.wait_for_function("([el, v]) => Number(el.value) === v",
+                               arg=[handle.element_handle(), value])
 
 
 def ask(page, message):
@@ -236,6 +242,24 @@ def test_chat_streams_the_tokens_generate_gives(page, tiny, tmp_path):
     if os.environ.get("UPDATE_SCREENSHOT") == "1":
         SCREENSHOT.parent.mkdir(exist_ok=True)
         shutil.copyfile(shot, SCREENSHOT)
+
+
+def test_stop_ends_an_answer_early(page, tiny):
+    """The longest answer, greedy: Stop right after its first words leaves a shorter prefix of
+    generate's answer, which then stays as it is."""
+    page.get_by_role("tab", name="Chat").click()
+    for elem_id, value in (("temperature", 0), ("top-k", 0), ("max-tokens", 1024)):
+        set_number(page, elem_id, value)
+    message = "Write a long story."
+    ask(page, message)
+    page.locator('#chatbot [data-testid="bot"]').last.get_by_text(re.compile(r"\w")).wait_for()
+    page.locator("#stop").click()
+    time.sleep(1.5)
+    stopped = words(page.locator('#chatbot [data-testid="bot"]').last.inner_text())
+    time.sleep(1.5)
+    assert words(page.locator('#chatbot [data-testid="bot"]').last.inner_text()) == stopped
+    full = words(expected_answer(tiny, message, 1024))
+    assert stopped and full.startswith(stopped) and len(stopped) < len(full)
 
 
 def test_spam_tab_shows_the_two_class_probabilities(page, tiny):
