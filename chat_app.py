@@ -24,6 +24,7 @@ In a notebook (Jupyter or Colab), `build_app(...).launch()` shows the app inline
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import os
 import re
@@ -211,10 +212,11 @@ def _try_load(loader, *args):
 
 
 def _status(loaded, kind):
+    label = html.escape(loaded.label)  # a path or "gpt2-<size>" is text, not HTML
     if loaded.model is None:
-        return f"⚠️ **{loaded.label}**"
+        return f"⚠️ **{label}**"
     note = "" if loaded.chat_tuned or kind == "spam" else " ⚠️ **Not fine-tuned for chat.**"
-    return f"**Model:** {loaded.label}.{note}"
+    return f"**Model:** {label}.{note}"
 
 
 def build_app(chat_model=None, spam_model=None, models_dir=DEFAULTS["models_dir"],
@@ -314,8 +316,9 @@ def build_app(chat_model=None, spam_model=None, models_dir=DEFAULTS["models_dir"
                     spam_load = gr.Button("Load", elem_id="spam-load")
 
         inputs = [message, chatbot, temperature, top_k, max_tokens, seed]
-        answering = [send.click(respond, inputs, [chatbot, message]),
-                     message.submit(respond, inputs, [chatbot, message])]
+        # one answer at a time, from either trigger: they share the model and torch's seed
+        answering = [trigger(respond, inputs, [chatbot, message], concurrency_limit=1,
+                             concurrency_id="answer") for trigger in (send.click, message.submit)]
         stop.click(None, cancels=answering)
         clear.click(lambda: [], None, chatbot, cancels=answering)
         chat_load.click(load_chat, chat_spec, chat_status)
@@ -326,7 +329,9 @@ def build_app(chat_model=None, spam_model=None, models_dir=DEFAULTS["models_dir"
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m chat_app", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m chat_app", description="A web page to chat with notebook 07's model and "
+        "try notebook 06's spam classifier; open the URL it prints.")
     out = Path(DEFAULTS["out_dir"])
     parser.add_argument("--chat-model", default=None, help="notebook 07's state_dict (.pth), a "
                         "GPT-2 size in --models-dir (OpenAI's, not chat fine-tuned) or a Hugging "

@@ -173,20 +173,48 @@ def expected_answer(tiny, message, max_new_tokens, **sampling):
     return tokenizer.decode(out[0, prompt_ids.shape[1]:].tolist())
 
 
-def set_number(page, elem_id, value):
-    """Type into a slider's / number box's number field, as a learner would, and leave it (a
-    slider takes the value then: wait until its handle shows it)."""
+def set_number(page, elem_id, value, attempts=5):
+    """Type into a slider's / number box's number field, as a learner would, and leave it. A
+    slider takes the value then: its handle shows it. (A field just made visible can still be
+    redrawn once and lose the value: then type it again.)"""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     field = page.locator(f"#{elem_id} input[type=number]")
-    field.fill(str(value))
-    field.press("Tab")
     handle = page.locator(f"#{elem_id} input[type=range]")
-    if handle.count():
-        page.wait_for_function("([el, v]) => Number(el.value) === v",
-                               arg=[handle.element_handle(), value])
+    for _ in range(attempts):
+        field.fill(str(value))
+        field.press("Tab")
+        if not handle.count():
+            return
+        try:
+            page.wait_for_function(  # the element as it is now, at each poll
+                "([sel, v]) => Number(document.querySelector(sel)?.value) === v",
+                arg=[f"#{elem_id} input[type=range]", value], timeout=5_000)
+            return
+        except PlaywrightTimeout:
+            continue
+    pytest.fail(f"the page's {elem_id} slider did not take the value {value}")
+
+
+def set_text(page, elem_id, text, attempts=5):
+    """Type `text` into a text box and leave it; again if the box was redrawn and lost it."""
+    box = page.locator(f"#{elem_id} textarea")
+    for _ in range(attempts):
+        box.fill(text)
+        box.press("Tab")
+        time.sleep(0.3)
+        if box.input_value() == text:
+            return
+    pytest.fail(f"the page's {elem_id} box did not keep the text {text!r}")
+
+
+BOT = '#chatbot [data-testid="bot"]'  # the answers in the chat window
 
 
 def ask(page, message):
-    """Send `message` in the chat tab; every text the newest answer showed, in order."""
+    """Send `message` in the chat tab and wait until its answer has begun (window.__answers
+    collects every text the newest answer shows, in order)."""
+    before = page.locator(BOT).count()
     page.evaluate("""() => {
         window.__answers = [];
         const chat = document.querySelector('#chatbot');
@@ -197,16 +225,18 @@ def ask(page, message):
     }""")
     page.locator("#message textarea").fill(message)
     page.locator("#send").click()
+    page.wait_for_function("([sel, n]) => document.querySelectorAll(sel).length > n",
+                           arg=[BOT, before])
 
 
 def final_answer(page, want, timeout=PAGE_TIMEOUT_MS / 1000):
     """Wait until the newest answer shows `want` (words) and stays; return what it shows."""
     deadline, shown = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
-        shown = page.locator('#chatbot [data-testid="bot"]').last.inner_text()
+        shown = page.locator(BOT).last.inner_text()
         if words(shown) == words(want):
             time.sleep(0.5)  # nothing more may follow
-            return page.locator('#chatbot [data-testid="bot"]').last.inner_text()
+            return page.locator(BOT).last.inner_text()
         time.sleep(0.2)
     return shown
 
@@ -245,21 +275,25 @@ def test_chat_streams_the_tokens_generate_gives(page, tiny, tmp_path):
 
 
 def test_stop_ends_an_answer_early(page, tiny):
-    """The longest answer, greedy: Stop right after its first words leaves a shorter prefix of
-    generate's answer, which then stays as it is."""
+    """The longest greedy answer (1,024 tokens) to a message that fills the context window (so
+    every token is a full pass over 1,024 tokens: seconds in all), stopped as soon as it begins:
+    what stays is a shorter beginning of generate's answer; the next message gets a full one."""
     page.get_by_role("tab", name="Chat").click()
     for elem_id, value in (("temperature", 0), ("top-k", 0), ("max-tokens", 1024)):
         set_number(page, elem_id, value)
-    message = "Write a long story."
+    message = "Tell me a long story about a cat. " * 110  # about 1,000 tokens in the prompt
     ask(page, message)
-    page.locator('#chatbot [data-testid="bot"]').last.get_by_text(re.compile(r"\w")).wait_for()
     page.locator("#stop").click()
     time.sleep(1.5)
-    stopped = words(page.locator('#chatbot [data-testid="bot"]').last.inner_text())
+    stopped = words(page.locator(BOT).last.inner_text())
     time.sleep(1.5)
-    assert words(page.locator('#chatbot [data-testid="bot"]').last.inner_text()) == stopped
+    assert words(page.locator(BOT).last.inner_text()) == stopped, "the answer went on"
     full = words(expected_answer(tiny, message, 1024))
-    assert stopped and full.startswith(stopped) and len(stopped) < len(full)
+    assert full.startswith(stopped) and len(stopped) < len(full), (len(stopped), len(full))
+    set_number(page, "max-tokens", 40)
+    ask(page, "Write a long story.")
+    want = expected_answer(tiny, "Write a long story.", 40)
+    assert words(final_answer(page, want)) == words(want), "no full answer after a stop"
 
 
 def test_spam_tab_shows_the_two_class_probabilities(page, tiny):
@@ -284,18 +318,23 @@ def test_spam_tab_shows_the_two_class_probabilities(page, tiny):
     assert "spam" in label and "%" in label, label
 
 
-def test_a_bad_checkpoint_path_shows_a_message(page, tiny):
+def test_a_bad_checkpoint_path_shows_a_message(page, tiny, tmp_path):
     page.get_by_role("tab", name="Chat").click()
     page.locator("#chat-model-box").get_by_text("Model", exact=True).click()
     missing = tiny.folder / "no-such-model.pth"
-    page.locator("#chat-model textarea").fill(str(missing))
+    set_text(page, "chat-model", str(missing))
     page.locator("#chat-load").click()
     status = page.locator("#chat-status")
-    status.get_by_text("No model loaded").wait_for()
+    try:
+        status.get_by_text("No model loaded").wait_for()
+    except Exception:
+        page.screenshot(path=str(tmp_path / "failed.png"), full_page=True)
+        raise AssertionError(f"the status shows {status.inner_text()!r}; picture: "
+                             f"{tmp_path / 'failed.png'}") from None
     assert f"No chat model checkpoint at {missing}" in status.inner_text()
-    assert "Run notebook 07" in status.inner_text()
+    assert "Run notebook 07 to its end (it saves gpt2-<size>-sft.pth" in status.inner_text()
     ask(page, "Hello?")  # no traceback: the answer is the message
-    page.locator('#chatbot [data-testid="bot"]').last.get_by_text("No chat model").wait_for()
-    page.locator("#chat-model textarea").fill(str(tiny.chat))  # the good one again
+    page.locator(BOT).last.get_by_text("No chat model").wait_for()
+    set_text(page, "chat-model", str(tiny.chat))  # the good one again
     page.locator("#chat-load").click()
     status.get_by_text("fine-tuned on instructions").wait_for()
