@@ -447,6 +447,21 @@ class GPTModel(nn.Module):
         x = self.final_norm(x)
         return self.out_head(x)  # (B, T, V)
 
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        """nn.Module's load_state_dict, which also takes a state dict saved by the lectures' code.
+        Their attention keeps its causal mask as a buffer, `trf_blocks.N.att.mask`; ours builds
+        the mask inside the attention kernel, so those entries (and only those) are checked and
+        left out. Any other unexpected or missing key is still an error that names it."""
+        masks = {f"trf_blocks.{i}.att.mask" for i in range(len(self.trf_blocks))}
+        for key in masks & set(state_dict):
+            mask, n = state_dict[key], state_dict[key].shape[-1]
+            causal = torch.ones(n, n, dtype=torch.bool).triu(diagonal=1)  # True above diagonal
+            if mask.shape != (n, n) or not torch.equal(mask.detach().cpu().bool(), causal):
+                raise ValueError(f"{key} is not the lectures' causal mask (ones above the "
+                                 "diagonal); this state dict is not from a GPTModel.")
+        state_dict = {k: v for k, v in state_dict.items() if k not in masks}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
 
 def generate_text_simple(model, idx, max_new_tokens, context_size):
     """Greedy decoding: append the most likely next token `max_new_tokens` times; idx (B, T)."""
@@ -768,11 +783,17 @@ def config_from_hparams(settings, drop_rate=0.0):
 
 
 def assign_(param, array, name):
-    """Copy numpy `array` into tensor `param` in place; a shape mismatch names both shapes."""
+    """Copy numpy `array` into tensor `param` in place; a shape mismatch names both shapes.
+    A `param` on the meta device (a model built with no memory) takes the array's own memory
+    instead (torch.utils.swap_tensors keeps the Parameter, and so weight tying): no copy."""
     value = torch.as_tensor(array)
     if tuple(param.shape) != tuple(value.shape):
         raise ValueError(f"{name}: the model has shape {tuple(param.shape)} but the checkpoint "
                          f"gives {tuple(value.shape)}. Does the model config match the weights?")
+    if param.is_meta:  # a memory-mapped array stays mapped: its pages load when first read
+        new = torch.nn.Parameter(value.to(param.dtype), requires_grad=param.requires_grad)
+        torch.utils.swap_tensors(param, new)
+        return
     with torch.no_grad():
         param.copy_(value)
 
@@ -856,11 +877,14 @@ HF_GPT2_NAMES = {
 }
 
 
-def gpt_from_pretrained(name_or_path, model_class=None):
+def gpt_from_pretrained(name_or_path, model_class=None, mmap=False):
     """A GPTModel holding a Hugging Face GPT-2: a hub name (HF_GPT2_MODELS) or a local folder
     with config.json and model.safetensors. Needs huggingface_hub (hub) and safetensors.
     Fills the same model as load_weights_into_gpt (the lecture's route, for OpenAI's files):
-    tests/test_load_weights.py::test_both_routes_fill_the_same_model."""
+    tests/test_load_weights.py::test_both_routes_fill_the_same_model. mmap=True builds the model
+    on the meta device and keeps the weights memory-mapped from the file (assign_): no second
+    copy in memory (tests/test_low_precision.py measures the peak)."""
+    import contextlib
     import json
     import re
     import warnings
@@ -916,8 +940,11 @@ def gpt_from_pretrained(name_or_path, model_class=None):
                                     "save_pretrained(folder) (safetensors is its default).")
     cfg = {"vocab_size": hf["vocab_size"], "context_length": hf["n_positions"], "emb_dim": c,
            "n_heads": hf["n_head"], "n_layers": hf["n_layer"], "drop_rate": 0.0, "qkv_bias": True}
-    gpt = (model_class or GPTModel)(cfg)
-    gpt.out_head.weight = gpt.tok_emb.weight  # weight tying, before anything is copied
+    tied = hf.get("tie_word_embeddings", True)  # false: lm_head.weight is a matrix of its own
+    with torch.device("meta") if mmap else contextlib.nullcontext():
+        gpt = (model_class or GPTModel)(cfg)
+    if tied:
+        gpt.out_head.weight = gpt.tok_emb.weight  # weight tying, before anything is copied
     ours, filled, head = dict(gpt.named_parameters()), set(), None
     for path in weight_paths:
         with safe_open(str(path), framework="pt") as f:
@@ -941,10 +968,13 @@ def gpt_from_pretrained(name_or_path, model_class=None):
                     conv1d = short.endswith(".weight") and (".attn." in short or ".mlp." in short)
                     assign_(ours[target], part.T if conv1d else part, f"{target} ({key})")
                     filled.add(target)
+    if not tied and head is not None:
+        assign_(ours["out_head.weight"], head, "out_head.weight (lm_head.weight)")
+        filled.add("out_head.weight")
     if set(ours) != filled:
         unset = sorted(set(ours) - filled)
         raise ValueError(f"the checkpoint left these parameters unset: {unset}")
-    if head is not None and not torch.equal(head.to(gpt.tok_emb.weight.dtype),
+    if tied and head is not None and not torch.equal(head.to(gpt.tok_emb.weight.dtype),
                                             gpt.tok_emb.weight.detach()):
         raise ValueError("this checkpoint's lm_head differs from its token embedding; GPT-2 ties "
                          "them, and so does our GPTModel.")
@@ -954,7 +984,7 @@ def gpt_from_pretrained(name_or_path, model_class=None):
 # GPTModel was built in notebook 03, before there were weights to load. Notebook 05 adds the
 # Hugging Face route to it here, so that GPTModel.from_pretrained("gpt2") works as in nanoGPT.
 GPTModel.from_pretrained = classmethod(
-    lambda cls, name_or_path: gpt_from_pretrained(name_or_path, model_class=cls))
+    lambda cls, name_or_path, mmap=False: gpt_from_pretrained(name_or_path, cls, mmap))
 
 
 # ===== 06_classification_finetuning.ipynb =====

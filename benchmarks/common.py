@@ -24,13 +24,14 @@ def cpu_name() -> str:
 
 
 def cpu_flags() -> str:
-    """The vector-instruction flags that matter for fp32 and bf16 matrix products."""
+    """The vector-instruction flags that matter for fp32, bf16 and int8 matrix products."""
     try:
         text = Path("/proc/cpuinfo").read_text()
         flags = set(re.search(r"^flags\s*:(.*)$", text, re.M).group(1).split())
     except (OSError, AttributeError):
         return "?"
-    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile",
+              "amx_bf16", "amx_int8")
     return " ".join(f for f in wanted if f in flags) or "none of avx2/fma/avx512"
 
 

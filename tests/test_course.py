@@ -51,7 +51,7 @@ def test_sections_are_numbered_n_m_and_name_their_lecture(path):
         assert re.search(r"\blectures? \d+", heading, re.I), f"name the lecture: {heading!r}"
 
 
-@pytest.mark.parametrize("path", LECTURE_NOTEBOOKS, ids=ids(LECTURE_NOTEBOOKS))
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids(NOTEBOOKS))
 def test_notebook_ends_with_two_to_four_exercises_and_has_their_solutions(path):
     n = number(path)
     last = headings(path)[-1]

@@ -3,6 +3,8 @@
 The seven files of OpenAI's release: checkpoint, encoder.json, hparams.json,
 model.ckpt.{data-00000-of-00001,index,meta}, vocab.bpe; variables named like
 `model/h0/attn/c_attn/w` with OpenAI's shapes ([1, n_embd, 3*n_embd] for Conv1D weights).
+`write_hf_checkpoint` writes the same tensors in Hugging Face's layout (config.json and
+model.safetensors with GPT2Model's names, as save_pretrained writes them).
 """
 
 import hashlib
@@ -65,8 +67,53 @@ def write_openai_checkpoint(folder, hparams, tensors):
     return folder
 
 
+def write_openai_checkpoint_raw(folder, hparams, tensors):
+    """As write_openai_checkpoint, for large models: TensorFlow's SaveV2 op writes the index and
+    data shard directly (a graph of 124M constants would be slow to build); model.ckpt.meta, the
+    graph, which no reader uses, is left empty."""
+    import tensorflow as tf
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = sorted(tensors)
+    tf.raw_ops.SaveV2(prefix=str(folder / "model.ckpt"), tensor_names=names,
+                      shape_and_slices=[""] * len(names), tensors=[tensors[n] for n in names])
+    (folder / "checkpoint").write_text('model_checkpoint_path: "model.ckpt"\n'
+                                       'all_model_checkpoint_paths: "model.ckpt"\n')
+    (folder / "model.ckpt.meta").write_bytes(b"")
+    (folder / "hparams.json").write_text(json.dumps(hparams), encoding="utf-8")
+    for name, src in tokenizer_files_from_tiktoken_cache().items():
+        shutil.copyfile(src, folder / name)
+    return folder
+
+
 def write_tiny_checkpoint(models_dir, size_name="tiny-test", hparams=None, seed=123):
     """A small random GPT-2 in OpenAI's layout at models_dir/size_name; returns that folder."""
     hparams = dict(hparams or TINY_HPARAMS)
     return write_openai_checkpoint(Path(models_dir) / size_name, hparams,
                                    random_gpt2_tensors(hparams, seed))
+
+
+def write_hf_checkpoint(folder, hparams, tensors):
+    """`tensors` (OpenAI's names) as a Hugging Face GPT-2 folder: config.json and
+    model.safetensors with GPT2Model's names (Conv1D weights (in, out), no lm_head: it is tied)."""
+    from safetensors.numpy import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    hf = {"wte.weight": tensors["model/wte"], "wpe.weight": tensors["model/wpe"],
+          "ln_f.weight": tensors["model/ln_f/g"], "ln_f.bias": tensors["model/ln_f/b"]}
+    for i in range(hparams["n_layer"]):
+        for sub in ["attn/c_attn", "attn/c_proj", "mlp/c_fc", "mlp/c_proj"]:
+            hf[f"h.{i}.{sub.replace('/', '.')}.weight"] = tensors[f"model/h{i}/{sub}/w"][0]
+            hf[f"h.{i}.{sub.replace('/', '.')}.bias"] = tensors[f"model/h{i}/{sub}/b"]
+        for ln in ["ln_1", "ln_2"]:
+            hf[f"h.{i}.{ln}.weight"] = tensors[f"model/h{i}/{ln}/g"]
+            hf[f"h.{i}.{ln}.bias"] = tensors[f"model/h{i}/{ln}/b"]
+    save_file({k: np.ascontiguousarray(v) for k, v in hf.items()},
+              str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(
+        {"model_type": "gpt2", "vocab_size": hparams["n_vocab"], "n_positions": hparams["n_ctx"],
+         "n_embd": hparams["n_embd"], "n_head": hparams["n_head"], "n_layer": hparams["n_layer"],
+         "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5}), encoding="utf-8")
+    return folder
