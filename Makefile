@@ -1,10 +1,10 @@
-# Two commands (see README.md):  make lab  |  make test
+# Two commands (see README.md):  make lab  |  make test   (and make chat: the chat app)
 # Both create (or reuse) the virtual environment .venv and install requirements.txt into it.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup lab test lint colab-cells figures clean
+.PHONY: setup lab chat test lint colab-cells figures clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10 or newer is needed"'
@@ -18,6 +18,9 @@ setup: $(VENV)/.installed
 
 lab: setup  ## open the course in JupyterLab
 	$(VENV)/bin/jupyter lab notebooks
+
+chat: setup  ## the chat app in the browser: python -m chat_app --help for its options
+	$(PY) -m chat_app $(ARGS)
 
 lint: setup
 	$(PY) -m ruff check .

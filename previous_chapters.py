@@ -32,7 +32,7 @@ __all__ = [
     "text_to_token_ids", "token_ids_to_text", "FusedCrossEntropy", "fused_cross_entropy",
     "calc_loss_batch", "calc_loss_loader",
     "evaluate_model", "generate_and_print_sample", "train_model_simple", "plot_losses",
-    "KVCache", "cached_attention", "gpt_forward_cached", "generate",
+    "KVCache", "cached_attention", "gpt_forward_cached", "generate_stream", "generate",
     # 05_pretrained_weights.ipynb
     "config_from_hparams", "assign_", "load_weights_into_gpt", "HF_GPT2_MODELS", "HF_GPT2_NAMES",
     "gpt_from_pretrained",
@@ -40,7 +40,7 @@ __all__ = [
     "read_sms_spam", "create_balanced_dataset", "random_split", "SpamDataset",
     "add_classification_head", "calc_accuracy_loader", "calc_loss_batch_classifier",
     "calc_loss_loader_classifier", "evaluate_model_classifier", "train_classifier_simple",
-    "plot_values", "classify_review",
+    "plot_values", "classifier_logits", "classify_review",
     # 07_instruction_finetuning.ipynb
     "validate_instruction_data", "format_input", "split_instruction_data", "InstructionDataset",
     "custom_collate_fn", "extract_response", "rouge_l_f1", "ollama_base_url", "check_if_running",
@@ -714,19 +714,14 @@ def gpt_forward_cached(model, idx, cache):
     return model.out_head(model.final_norm(x[:, -1, :]))  # only the last token predicts: (B, V)
 
 
-def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=None, eos_id=None,
-             use_cache=True):
-    """Decode with temperature scaling and top-k filtering; temperature 0 means greedy.
+def generate_stream(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=None,
+                    eos_id=None, use_cache=True):
+    """`generate`, one token at a time: yields each new token as a (B, 1) tensor as soon as it
+    is chosen (for a chat window that shows the answer while it is written).
 
-    idx (B, T) -> (B, T + n). Stops early when every sequence's next token is `eos_id`
-    (which is not appended). The input is cropped to the last `context_size` tokens. With
-    `use_cache` each step feeds only the new token through the model (a KVCache keeps the
-    rest); once the window is full, each step recomputes the last `context_size` tokens, as
-    use_cache=False always does. The rows of idx share one length: generate prompts of
-    different lengths one at a time.
-
-    With use_cache=False this is the lecture's generate (section 4.6); with the cache it gives
-    the same tokens (tests/test_kv_cache.py, greedy and seeded sampling, tiny model and 124M).
+    Same arguments, checks and tokens as `generate`, which is this generator collected; the
+    checks run at the first next(). Each step runs under torch.inference_mode, the caller's code
+    between two tokens does not.
     """
     if idx.dim() != 2 or idx.shape[1] == 0:
         raise ValueError(f"generate needs a (batch, tokens) prompt with at least one token; "
@@ -736,8 +731,8 @@ def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=No
     if temperature < 0:
         raise ValueError(f"temperature must be 0 (greedy) or positive, not {temperature}")
     cache = KVCache(model, idx.shape[0], context_size) if use_cache else None
-    with torch.inference_mode():  # no_grad, and no version counting either: a little faster
-        for step in range(max_new_tokens):
+    for step in range(max_new_tokens):
+        with torch.inference_mode():  # no_grad, and no version counting either: a little faster
             if not use_cache:
                 logits = model(idx[:, -context_size:])[:, -1, :]  # (B, V)
             elif step == 0 or cache.length == context_size:  # first step, or the window is full
@@ -754,9 +749,28 @@ def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=No
             else:
                 idx_next = torch.argmax(logits, dim=-1, keepdim=True)  # (B, 1)
             if eos_id is not None and bool((idx_next == eos_id).all()):
-                break
+                return
             idx = torch.cat((idx, idx_next), dim=1)
-    return idx.clone()  # a normal tensor again (inference tensors cannot enter training)
+        yield idx_next
+
+
+def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=None, eos_id=None,
+             use_cache=True):
+    """Decode with temperature scaling and top-k filtering; temperature 0 means greedy.
+
+    idx (B, T) -> (B, T + n). Stops early when every sequence's next token is `eos_id`
+    (which is not appended). The input is cropped to the last `context_size` tokens. With
+    `use_cache` each step feeds only the new token through the model (a KVCache keeps the
+    rest); once the window is full, each step recomputes the last `context_size` tokens, as
+    use_cache=False always does. The rows of idx share one length: generate prompts of
+    different lengths one at a time. The steps are `generate_stream`'s.
+
+    With use_cache=False this is the lecture's generate (section 4.6); with the cache it gives
+    the same tokens (tests/test_kv_cache.py, greedy and seeded sampling, tiny model and 124M).
+    """
+    new_tokens = list(generate_stream(model, idx, max_new_tokens, context_size, temperature,
+                                      top_k, eos_id, use_cache))  # n tensors (B, 1)
+    return torch.cat([idx, *new_tokens], dim=1)  # a normal tensor (outside inference mode)
 
 
 # ===== 05_pretrained_weights.ipynb =====
@@ -1194,11 +1208,11 @@ def plot_values(epochs_seen, examples_seen, train_values, val_values, label="los
     return fig
 
 
-def classify_review(text, model, tokenizer, device, max_length=None, pad_token_id=50256):
-    """Classify one text as "spam" or "not spam" by its last token's output; the text is cut
-    to `max_length` (at most the context length) and padded to it like the training data."""
+def classifier_logits(text, model, tokenizer, device, max_length=None, pad_token_id=50256):
+    """The classifier's logits (num_classes,) for one text, read at its last token; the text is
+    cut to `max_length` (at most the context length) and padded to it like the training data."""
     if not isinstance(text, str):
-        raise TypeError(f"classify_review needs a text (str), not {type(text).__name__}")
+        raise TypeError(f"the classifier needs a text (str), not {type(text).__name__}")
     context_length = model.pos_emb.weight.shape[0]
     if max_length is not None and max_length < 1:
         raise ValueError(f"max_length must be at least 1, not {max_length}")
@@ -1214,7 +1228,14 @@ def classify_review(text, model, tokenizer, device, max_length=None, pad_token_i
     with torch.no_grad():
         logits = model(input_tensor)[:, -1, :]  # (1, T, 2) -> (1, 2)
     model.train(was_training)
-    return "spam" if torch.argmax(logits, dim=-1).item() == 1 else "not spam"
+    return logits[0]  # (1, 2) -> (2,)
+
+
+def classify_review(text, model, tokenizer, device, max_length=None, pad_token_id=50256):
+    """Classify one text as "spam" or "not spam" by its last token's output (classifier_logits:
+    cut to `max_length`, at most the context length, and padded like the training data)."""
+    logits = classifier_logits(text, model, tokenizer, device, max_length, pad_token_id)
+    return "spam" if torch.argmax(logits).item() == 1 else "not spam"
 
 
 # ===== 07_instruction_finetuning.ipynb =====

@@ -2,7 +2,7 @@
 same tokens as recomputing everything, which is the lecture's `generate` of section 4.6 (greedy
 and seeded sampling, every prompt length up to the context length, past it too), the cached
 logits equal the full forward pass, and Hugging Face's own cached generation gives the same
-tokens as ours."""
+tokens as ours. `generate_stream` yields those tokens one by one (the chat app's streaming)."""
 
 import pytest
 import torch
@@ -12,6 +12,7 @@ from previous_chapters import (
     GPTModel,
     KVCache,
     generate,
+    generate_stream,
     generate_text_simple,
     gpt_forward_cached,
 )
@@ -152,3 +153,21 @@ def test_the_output_is_an_ordinary_tensor_usable_in_training(tiny):
     finally:
         tiny.zero_grad()
         tiny.eval()
+
+
+def test_generate_stream_yields_the_lecture_tokens_one_at_a_time(tiny):
+    """Each yield is one (B, 1) token, in the order of section 4.6's uncached generation
+    (seeded sampling, past the context length); between two tokens the caller is not in
+    inference mode; eos_id ends the stream without yielding it."""
+    idx = prompt(2, 5, TINY["vocab_size"], seed=3)
+    torch.manual_seed(7)
+    want = generate(tiny, idx, 20, 16, temperature=1.2, top_k=20, use_cache=False)
+    torch.manual_seed(7)
+    got = []
+    for token in generate_stream(tiny, idx, 20, 16, temperature=1.2, top_k=20):
+        assert token.shape == (2, 1) and not torch.is_inference_mode_enabled()
+        got.append(token)
+    assert torch.equal(torch.cat([idx, *got], dim=1), want)
+    greedy = generate(tiny, idx[:1], 10, 16)[0, 5:].tolist()
+    stream = [t.item() for t in generate_stream(tiny, idx[:1], 10, 16, eos_id=greedy[3])]
+    assert stream == greedy[:greedy.index(greedy[3])]
