@@ -42,6 +42,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from qlora import model_bytes  # parameters and buffers, each tensor once
+
 __all__ = ["absmax_quantize", "dequantize", "int8_engine", "Int8Linear", "BF16Linear",
            "quantize_int8", "to_bf16", "inference_bytes", "weight_errors"]
 
@@ -250,14 +252,8 @@ def to_bf16(model: nn.Module, head: bool = True) -> nn.Module:
 def inference_bytes(model: nn.Module) -> int:
     """Bytes of a model's weights as it holds them: parameters and buffers (each tensor once,
     tied weights too) plus the int8 weights Int8Linear keeps outside them."""
-    seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel())
-        if key not in seen:
-            seen.add(key)
-            total += t.numel() * t.element_size()
-    return total + sum(m.in_features * m.out_features for m in model.modules()
-                       if isinstance(m, Int8Linear))
+    return model_bytes(model) + sum(m.in_features * m.out_features for m in model.modules()
+                                    if isinstance(m, Int8Linear))
 
 
 def weight_errors(model: nn.Module) -> list:
