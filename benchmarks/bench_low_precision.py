@@ -34,7 +34,13 @@ import time
 from pathlib import Path
 
 import common  # benchmarks/common.py
-from bench_generation_training import CFG, PROMPT_TOKENS, THREADS, build, write_weights
+from bench_generation_training import (
+    PROMPT_TOKENS,
+    THREADS,
+    build,
+    time_generation,
+    write_weights,
+)
 from common import cpu_flags, cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,27 +72,8 @@ def threads() -> int:
 def child_generate(kind: str, weights: Path, new_tokens: int) -> dict:
     import torch
 
-    from previous_chapters import generate
-
     torch.set_num_threads(threads())
-    model = model_of(kind, weights)
-    idx = torch.randint(0, CFG["vocab_size"], (1, PROMPT_TOKENS),
-                        generator=torch.Generator().manual_seed(0))
-
-    def run(n):
-        if kind != "hf":
-            return generate(model, idx, n, CFG["context_length"])
-        with torch.no_grad():
-            return model.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=n,
-                                  min_new_tokens=n, do_sample=False, use_cache=True,
-                                  pad_token_id=50256)
-
-    run(4)  # warm-up
-    start = time.perf_counter()
-    out = run(new_tokens)
-    seconds = time.perf_counter() - start
-    assert out.shape == (1, PROMPT_TOKENS + new_tokens), out.shape
-    return {"tokens_per_s": new_tokens / seconds, "ids": out[0, PROMPT_TOKENS:].tolist()}
+    return time_generation(model_of(kind, weights), kind, new_tokens)
 
 
 def child_kernels(_kind: str, weights: Path, repeats: int) -> dict:
