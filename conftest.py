@@ -5,6 +5,11 @@ for downloads, outputs and models (so a run behaves like a clean clone), sets CO
 each notebook's settings cell picks its small test settings, and primes tiktoken's cache from the
 data mirror (COURSE_DATA_MIRROR) when it holds GPT-2's tokenizer files, so no network is needed.
 Notebook kernels inherit these environment variables.
+
+The fuzzed sweeps (tests/test_fuzz_*.py, hypothesis) run under one of two profiles: "ci" (the
+default: a bounded number of examples per helper, a few seconds each) or "nightly" (many more),
+chosen with HYPOTHESIS_PROFILE=nightly. Examples are drawn from a random seed each run; a failure
+prints the seed (`--hypothesis-seed=N` repeats the run) and the failing example.
 """
 
 import atexit
@@ -14,6 +19,14 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# deadline=None: a slow example on a loaded machine is not a failure; max_examples bounds time.
+settings.register_profile("ci", max_examples=60, deadline=None, database=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("nightly", max_examples=2000, deadline=None, database=None,
+                          print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow: errors only
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="course-tests-"))
