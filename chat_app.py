@@ -42,6 +42,7 @@ from previous_chapters import (
     format_input,
     generate_stream,
     gpt_from_pretrained,
+    load_from_file,
     load_weights_into_gpt,
 )
 
@@ -89,15 +90,14 @@ def model_config(size, models_dir):
 
 
 def _read_state_dict(path, what, hint):
-    """torch.load of a state_dict saved by a notebook, with a clear error for anything else."""
+    """A state_dict saved by a notebook (load_from_file), with a clear error for anything else."""
     path = Path(path)
     if not path.is_file():
         raise LoadError(f"No {what} checkpoint at {path}. {hint}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated file, not a PyTorch file, a pickled object, ...
-        raise LoadError(f"{path} is not a PyTorch state_dict that can be loaded safely "
-                        f"({type(e).__name__}: {str(e).splitlines()[0][:200]}).") from e
+        state = load_from_file(path, torch.device("cpu"))
+    except ValueError as e:  # truncated file, not a PyTorch file, a pickled object, ...
+        raise LoadError(str(e)) from e
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
                                               for v in state.values()):
         raise LoadError(f"{path} holds a {type(state).__name__}, not a model's state_dict "
@@ -106,14 +106,11 @@ def _read_state_dict(path, what, hint):
 
 
 def _fill(model, state, path):
-    """load_state_dict, its size-mismatch error turned into a short message."""
+    """load_state_dict, which checks keys and shapes before it copies (GPTModel's)."""
     try:
         model.load_state_dict(state)
-    except RuntimeError as e:
-        lines = [line.strip() for line in str(e).splitlines()[1:] if line.strip()]
-        more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
-        raise LoadError(f"{path} does not match the model it should fill: "
-                        f"{' '.join(lines[:2])}{more}. Is the GPT-2 size right?") from e
+    except ValueError as e:
+        raise LoadError(f"{path}: {e}") from e
     return model.eval()
 
 

@@ -3,9 +3,9 @@
 A checkpoint is one file, `step_00001200.pt` (torch.save's zip format), holding everything the
 run needs to continue exactly: the model's and the optimizer's state, the step, the data position
 (samples seen), the model config, and every rank's random-number states (python, numpy, torch,
-CUDA). It is written to `step_00001200.pt.tmp`, flushed to the disk (fsync), and only then
-renamed into place, so a crash while writing leaves the previous checkpoints untouched; the
-oldest files beyond the last `keep` are then removed.
+CUDA). It is written by notebook 04's save_to_file (to `step_00001200.pt.tmp`, flushed to the
+disk, and only then renamed into place), so a crash while writing leaves the previous checkpoints
+untouched; the oldest files beyond the last `keep` are then removed.
 
 Loading refuses, with a message naming the file, anything that is not a complete checkpoint of
 this script (cut short, another program's file, a missing entry); `latest_checkpoint` then falls
@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from previous_chapters import save_to_file
 
 __all__ = ["FORMAT", "CheckpointError", "rng_state", "set_rng_state", "save_checkpoint",
            "load_checkpoint", "list_checkpoints", "latest_checkpoint"]
@@ -83,18 +85,8 @@ def save_checkpoint(state: dict, ckpt_dir, keep: int = 3) -> Path:
     rename; then keep only the newest `keep` checkpoints. Returns the new file's path."""
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    path = ckpt_dir / f"step_{state['step']:08d}.pt"
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:  # a full disk, an interrupt: no half file left behind
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)  # atomic: readers see the old file set or the new one, never half
-    _fsync_dir(ckpt_dir)
+    path = save_to_file({"format": FORMAT, **state}, ckpt_dir / f"step_{state['step']:08d}.pt")
+    _fsync_dir(ckpt_dir)  # and the rename itself is on the disk
     for old in list_checkpoints(ckpt_dir)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return path

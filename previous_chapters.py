@@ -19,6 +19,18 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
+# the checks at the top of the helpers (not part of the lectures): input_checks.py
+from input_checks import (
+    check_features,
+    check_fraction,
+    check_gpt2_params,
+    check_int,
+    check_state_dict_fits,
+    check_text,
+    check_token_ids,
+    shape_of,
+)
+
 __all__ = [
     # 01_working_with_text.ipynb
     "GPT2_SPLIT_PATTERN", "BytePairTokenizer", "bytes_to_unicode", "load_gpt2_bpe",
@@ -32,6 +44,7 @@ __all__ = [
     "text_to_token_ids", "token_ids_to_text", "FusedCrossEntropy", "fused_cross_entropy",
     "calc_loss_batch", "calc_loss_loader",
     "evaluate_model", "generate_and_print_sample", "train_model_simple", "plot_losses",
+    "save_to_file", "load_from_file", "load_model_state",
     "KVCache", "cached_attention", "gpt_forward_cached", "generate_stream", "generate",
     # 05_pretrained_weights.ipynb
     "config_from_hparams", "assign_", "load_weights_into_gpt", "HF_GPT2_MODELS", "HF_GPT2_NAMES",
@@ -42,7 +55,8 @@ __all__ = [
     "calc_loss_loader_classifier", "evaluate_model_classifier", "train_classifier_simple",
     "plot_values", "classifier_logits", "classify_review",
     # 07_instruction_finetuning.ipynb
-    "validate_instruction_data", "format_input", "split_instruction_data", "InstructionDataset",
+    "validate_instruction_data", "load_instruction_data", "format_input",
+    "split_instruction_data", "InstructionDataset",
     "custom_collate_fn", "extract_response", "rouge_l_f1", "ollama_base_url", "check_if_running",
     "query_model", "parse_score", "format_judge_prompt", "generate_model_scores",
 ]
@@ -92,6 +106,8 @@ class BytePairTokenizer:
 
         Returns [(pair, new id, count), ...] in the order learned (ties: the pair seen first).
         """
+        check_text(text, "the training text")
+        check_int(num_merges, "num_merges", minimum=0)
         # each distinct chunk once, as ids (its bytes, merged as learned so far), with its count
         words = Counter(self.encode_chunk(chunk) for chunk in self.split.findall(text))
         history = []
@@ -126,6 +142,11 @@ class BytePairTokenizer:
 
     def encode(self, text: str, allowed_special=frozenset()) -> list:
         """Token ids of `text`; the special tokens named in `allowed_special` become their id."""
+        check_text(text)
+        unknown = set(allowed_special) - set(self.special)
+        if unknown:
+            raise ValueError(f"allowed_special names {sorted(unknown)}, which this tokenizer does "
+                             f"not have; its special tokens are {sorted(self.special)}.")
         parts = [text]
         if allowed_special:  # split around them: "a<|endoftext|>b" -> ["a", "<|endoftext|>", "b"]
             alternatives = "|".join(regex.escape(s) for s in sorted(allowed_special))
@@ -141,6 +162,10 @@ class BytePairTokenizer:
 
     def decode(self, ids) -> str:
         """The text of `ids`: their bytes joined and read as UTF-8 (a split character -> U+FFFD)."""
+        unknown = [i for i in ids if isinstance(i, bool) or i not in self.vocab]
+        if unknown:
+            raise ValueError(f"token id {unknown[0]!r} is not in this tokenizer's vocabulary of "
+                             f"{len(self.vocab):,} ids; decode takes a list of ints it produced.")
         return b"".join(self.vocab[i] for i in ids).decode("utf-8", errors="replace")
 
 
@@ -167,9 +192,24 @@ def load_gpt2_bpe(encoder_json, vocab_bpe) -> BytePairTokenizer:
     Both files write each token as text through bytes_to_unicode; line k of vocab.bpe after the
     "#version" line is merge k, "Ġ t" = the pair (" ", "t"). <|endoftext|> is a special token.
     """
-    encoder = json.loads(Path(encoder_json).read_text(encoding="utf-8"))  # token text -> id
-    lines = Path(vocab_bpe).read_text(encoding="utf-8").splitlines()
+    for path in (encoder_json, vocab_bpe):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path} does not exist. GPT-2's encoder.json and vocab.bpe "
+                                    "come with its weights (download_gpt2_files, notebook 05).")
+    try:
+        encoder = json.loads(Path(encoder_json).read_text(encoding="utf-8"))  # token text -> id
+        lines = Path(vocab_bpe).read_text(encoding="utf-8").splitlines()
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{encoder_json} or {vocab_bpe} is damaged ({e}); download "
+                         "it again.") from None
     char_to_byte = {c: b for b, c in bytes_to_unicode().items()}
+    if not isinstance(encoder, dict) or "<|endoftext|>" not in encoder or not all(
+            isinstance(k, str) and len(k) and isinstance(v, int) and not isinstance(v, bool)
+            and (k == "<|endoftext|>" or set(k) <= char_to_byte.keys())
+            for k, v in encoder.items()) or not char_to_byte.keys() <= encoder.keys():
+        raise ValueError(f"{encoder_json} is not GPT-2's encoder.json (a JSON object mapping "
+                         "each token's text to its id, <|endoftext|> included); download it "
+                         "again.")
 
     tok = BytePairTokenizer()
     tok.special = {"<|endoftext|>": encoder["<|endoftext|>"]}
@@ -177,10 +217,16 @@ def load_gpt2_bpe(encoder_json, vocab_bpe) -> BytePairTokenizer:
                      else text.encode("utf-8")) for text, i in encoder.items()}
     tok.byte_ids = [encoder[c] for c in bytes_to_unicode().values()]  # in byte order 0..255
     tok.merges, last_id = {}, -1
-    for line in lines[1:]:  # lines[0] is "#version: 0.2"
+    for number, line in enumerate(lines[1:], start=2):  # lines[0] is "#version: 0.2"
         if not line:
             continue
-        first, second = line.split(" ")
+        pair = line.split(" ")
+        if len(pair) != 2 or not all(part in encoder for part in pair) or "".join(
+                pair) not in encoder:
+            raise ValueError(f"{vocab_bpe}, line {number}: {line[:40]!r} is not a merge of two "
+                             f"tokens of {Path(encoder_json).name} ('first second'); are the two "
+                             "files from the same download?")
+        first, second = pair
         new_id = encoder[first + second]
         if new_id <= last_id:  # encode_chunk takes a smaller id for an earlier merge
             raise ValueError(f"merge {line!r} has id {new_id}, not more than the one before")
@@ -193,6 +239,9 @@ class GPTDatasetV1(Dataset):
     its target the same window shifted right by one token."""
 
     def __init__(self, txt, tokenizer, max_length, stride):
+        check_text(txt)
+        check_int(max_length, "max_length", minimum=1)
+        check_int(stride, "stride", minimum=1)
         token_ids = tokenizer.encode(txt, allowed_special={"<|endoftext|>"})
         if len(token_ids) <= max_length:
             raise ValueError(
@@ -200,8 +249,6 @@ class GPTDatasetV1(Dataset):
                 f"max_length={max_length} (that needs at least {max_length + 1} tokens). "
                 "Use a longer text or a smaller max_length (context length)."
             )
-        if stride < 1:
-            raise ValueError(f"stride must be a positive number of tokens, not {stride}.")
         self.input_ids = []
         self.target_ids = []
         for i in range(0, len(token_ids) - max_length, stride):
@@ -222,6 +269,7 @@ def create_dataloader_v1(txt, batch_size=4, max_length=256, stride=128, shuffle=
     """A DataLoader of (input, target) batches of shape (B, max_length) from `txt`, GPT-2 BPE."""
     from course_data import get_gpt2_tokenizer  # tiktoken's "gpt2", offline with a mirror too
 
+    check_int(batch_size, "batch_size", minimum=1)
     tokenizer = get_gpt2_tokenizer()
     dataset = GPTDatasetV1(txt, tokenizer, max_length, stride)
     if drop_last and len(dataset) < batch_size:
@@ -245,10 +293,12 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False):
         super().__init__()
+        for name, value in [("d_in", d_in), ("d_out", d_out), ("num_heads", num_heads)]:
+            check_int(value, name, minimum=1)
         if d_out % num_heads:
             raise ValueError(f"d_out ({d_out}) must be divisible by num_heads ({num_heads})")
-        if not 0.0 <= dropout <= 1.0:
-            raise ValueError(f"dropout is a probability, between 0 and 1, not {dropout}")
+        check_fraction(dropout, "dropout (a probability)")
+        self.d_in = d_in
         self.d_out = d_out
         self.num_heads = num_heads
         self.head_dim = d_out // num_heads
@@ -260,6 +310,7 @@ class MultiHeadAttention(nn.Module):
         self.out_proj = nn.Linear(d_out, d_out)  # combines the heads' outputs
 
     def forward(self, x):
+        check_features(x, self.d_in, "MultiHeadAttention", dims=3)
         b, num_tokens, d_in = x.shape
         # (B, T, C) -> (B, T, H, D) -> (B, H, T, D)
         queries = self.W_query(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
@@ -352,6 +403,7 @@ class LayerNorm(nn.Module):
         self.shift = nn.Parameter(torch.zeros(emb_dim))
 
     def forward(self, x):
+        check_features(x, self.scale.shape[0], "LayerNorm")
         # (x - mean) / sqrt(var + eps) * scale + shift in one call, which keeps only its input
         # and each row's mean and 1 / std for the backward pass, not every intermediate tensor
         return torch.nn.functional.layer_norm(x, x.shape[-1:], self.scale, self.shift, self.eps)
@@ -363,6 +415,7 @@ class GELU(nn.Module):
     tests/test_gpt_model.py::test_fused_gelu_equals_the_lectures_gelu."""
 
     def forward(self, x):
+        check_features(x, None, "GELU")
         # 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))) in one call, keeping only its input
         return torch.nn.functional.gelu(x, approximate="tanh")
 
@@ -372,6 +425,7 @@ class FeedForward(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
+        self.emb_dim = cfg["emb_dim"]
         self.layers = nn.Sequential(
             nn.Linear(cfg["emb_dim"], 4 * cfg["emb_dim"]),
             GELU(),
@@ -379,6 +433,7 @@ class FeedForward(nn.Module):
         )
 
     def forward(self, x):
+        check_features(x, self.emb_dim, "FeedForward")
         return self.layers(x)
 
 
@@ -395,8 +450,10 @@ class TransformerBlock(nn.Module):
         self.norm1 = LayerNorm(cfg["emb_dim"])
         self.norm2 = LayerNorm(cfg["emb_dim"])
         self.drop_shortcut = nn.Dropout(cfg["drop_rate"])
+        self.emb_dim = cfg["emb_dim"]
 
     def forward(self, x):
+        check_features(x, self.emb_dim, "TransformerBlock", dims=3)
         shortcut = x
         x = self.norm1(x)
         x = self.att(x)  # (B, T, C)
@@ -419,9 +476,15 @@ class GPTModel(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
+        if not isinstance(cfg, dict):
+            raise TypeError(f"GPTModel takes a config dict such as GPT_CONFIG_124M, not "
+                            f"{shape_of(cfg)}")
         missing = [k for k in self.CONFIG_KEYS if k not in cfg]
         if missing:
-            raise KeyError(f"the model config lacks {missing}; it needs {list(self.CONFIG_KEYS)}")
+            raise ValueError(f"the model config lacks {missing}; it needs "
+                             f"{list(self.CONFIG_KEYS)} (see GPT_CONFIG_124M)")
+        for key in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
+            check_int(cfg[key], f"the config's {key!r}", minimum=1)
         if cfg["emb_dim"] % cfg["n_heads"]:
             raise ValueError(f"emb_dim {cfg['emb_dim']} is not divisible by "
                              f"n_heads {cfg['n_heads']}")
@@ -434,12 +497,10 @@ class GPTModel(nn.Module):
         self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
 
     def forward(self, in_idx):
+        # (B, T) integer ids, T <= context length, ids in the vocabulary, on the model's device
+        check_token_ids(in_idx, self.cfg["vocab_size"], self.cfg["context_length"],
+                        self.pos_emb.weight.device)
         batch_size, seq_len = in_idx.shape
-        if seq_len > self.cfg["context_length"]:
-            raise ValueError(
-                f"The input has {seq_len} tokens but the model's context length is "
-                f"{self.cfg['context_length']}; crop it, e.g. idx[:, -context_length:]."
-            )
         tok_embeds = self.tok_emb(in_idx)  # (B, T, C)
         pos_embeds = self.pos_emb(torch.arange(seq_len, device=in_idx.device))  # (T, C)
         x = self.drop_emb(tok_embeds + pos_embeds)
@@ -451,20 +512,31 @@ class GPTModel(nn.Module):
         """nn.Module's load_state_dict, which also takes a state dict saved by the lectures' code.
         Their attention keeps its causal mask as a buffer, `trf_blocks.N.att.mask`; ours builds
         the mask inside the attention kernel, so those entries (and only those) are checked and
-        left out. Any other unexpected or missing key is still an error that names it."""
+        left out. Any other unexpected or missing key is still an error that names it, raised
+        (with strict=True) before anything is copied, so the model is left as it was."""
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"load_state_dict takes a dict of tensors (a state_dict()), not "
+                            f"{shape_of(state_dict)}")
         masks = {f"trf_blocks.{i}.att.mask" for i in range(len(self.trf_blocks))}
         for key in masks & set(state_dict):
-            mask, n = state_dict[key], state_dict[key].shape[-1]
+            mask = state_dict[key]
+            n = mask.shape[-1] if isinstance(mask, torch.Tensor) and mask.dim() else 0
             causal = torch.ones(n, n, dtype=torch.bool).triu(diagonal=1)  # True above diagonal
-            if mask.shape != (n, n) or not torch.equal(mask.detach().cpu().bool(), causal):
+            if n == 0 or mask.shape != (n, n) or not torch.equal(mask.detach().cpu().bool(),
+                                                                  causal):
                 raise ValueError(f"{key} is not the lectures' causal mask (ones above the "
                                  "diagonal); this state dict is not from a GPTModel.")
         state_dict = {k: v for k, v in state_dict.items() if k not in masks}
+        if strict:  # nn.Module's own check comes after it has copied what fits: check first
+            check_state_dict_fits(self, state_dict)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
 def generate_text_simple(model, idx, max_new_tokens, context_size):
     """Greedy decoding: append the most likely next token `max_new_tokens` times; idx (B, T)."""
+    check_token_ids(idx, what="the prompt")
+    check_int(max_new_tokens, "max_new_tokens", minimum=0)
+    check_int(context_size, "context_size", minimum=1)
     for _ in range(max_new_tokens):
         idx_cond = idx[:, -context_size:]  # crop to the context the model supports
         with torch.no_grad():
@@ -479,17 +551,27 @@ def generate_text_simple(model, idx, max_new_tokens, context_size):
 
 def text_to_token_ids(text, tokenizer):
     """Text -> a (1, T) tensor of token ids."""
+    check_text(text)
     encoded = tokenizer.encode(text, allowed_special={"<|endoftext|>"})
-    return torch.tensor(encoded).unsqueeze(0)  # add the batch dimension
+    return torch.tensor(encoded, dtype=torch.long).unsqueeze(0)  # add the batch dimension
 
 
 def token_ids_to_text(token_ids, tokenizer):
     """A (1, T) or (T,) tensor of token ids -> text."""
+    if not isinstance(token_ids, torch.Tensor) or token_ids.dtype not in (torch.int64,
+                                                                          torch.int32):
+        raise TypeError(f"token_ids_to_text takes a tensor of integer token ids, not "
+                        f"{shape_of(token_ids)}; for a list, use tokenizer.decode(ids).")
     if token_ids.dim() == 2 and token_ids.shape[0] == 1:
         token_ids = token_ids[0]  # remove the batch dimension: (1, T) -> (T,)
     if token_ids.dim() != 1:
         raise ValueError(f"token_ids_to_text decodes one sequence, of shape (1, T) or (T,), not "
                          f"{tuple(token_ids.shape)}; decode a batch row by row.")
+    n_vocab = getattr(tokenizer, "n_vocab", None) or len(getattr(tokenizer, "vocab", ()))
+    bad = token_ids[(token_ids < 0) | (token_ids >= n_vocab)] if n_vocab else token_ids[:0]
+    if len(bad):
+        raise ValueError(f"token id {bad[0].item()} is not in the tokenizer's vocabulary "
+                         f"(0 to {n_vocab - 1:,}); were the ids made by another tokenizer?")
     return tokenizer.decode(token_ids.tolist())
 
 
@@ -526,6 +608,11 @@ class FusedCrossEntropy(torch.autograd.Function):
 def fused_cross_entropy(logits, targets, ignore_index=-100):
     """Mean cross-entropy of logits (N, V) and targets (N,) as F.cross_entropy (targets equal to
     ignore_index do not count); when a gradient is needed, FusedCrossEntropy computes it."""
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+        raise TypeError(f"logits must be a float tensor (N, V), not {shape_of(logits)}")
+    if not isinstance(targets, torch.Tensor) or targets.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"targets must be a tensor of integer token ids (N,), not "
+                        f"{shape_of(targets)}")
     if logits.dim() != 2 or targets.shape != logits.shape[:1]:
         raise ValueError(f"fused_cross_entropy takes logits (N, V) and targets (N,), not "
                          f"{tuple(logits.shape)} and {tuple(targets.shape)}; flatten them first.")
@@ -547,6 +634,10 @@ def calc_loss_batch(input_batch, target_batch, model, device):
     same training curve (tests/test_pretraining.py, test_fused_cross_entropy_equals_torch_loss_
     and_gradient and test_training_with_the_fused_loss_and_fused_adamw_follows_the_plain_curve).
     """
+    if not (isinstance(input_batch, torch.Tensor) and isinstance(target_batch, torch.Tensor)
+            and input_batch.shape == target_batch.shape):
+        raise ValueError(f"the inputs and targets of a batch must be tensors of one shape (B, T), "
+                         f"not {shape_of(input_batch)} and {shape_of(target_batch)}")
     input_batch, target_batch = input_batch.to(device), target_batch.to(device)
     logits = model(input_batch)  # (B, T, V)
     return fused_cross_entropy(logits.flatten(0, 1), target_batch.flatten())
@@ -554,11 +645,14 @@ def calc_loss_batch(input_batch, target_batch, model, device):
 
 def calc_loss_loader(data_loader, model, device, num_batches=None):
     """Average loss over the first `num_batches` batches of a loader (all of them by default)."""
+    if not hasattr(data_loader, "__len__"):
+        raise TypeError(f"calc_loss_loader takes a DataLoader (or a list of (input, target) "
+                        f"batches), not {shape_of(data_loader)}")
     if len(data_loader) == 0:
         raise ValueError("The data loader yields no batches, so there is no loss to average. "
                          "Is the text shorter than one batch of context-length windows?")
-    if num_batches is not None and num_batches < 1:
-        raise ValueError(f"num_batches must be at least 1 (or None for all), not {num_batches}")
+    if num_batches is not None:
+        check_int(num_batches, "num_batches (or None for all)", minimum=1)
     num_batches = len(data_loader) if num_batches is None else min(num_batches, len(data_loader))
     total_loss = 0.0
     for i, (input_batch, target_batch) in enumerate(data_loader):
@@ -580,6 +674,7 @@ def evaluate_model(model, train_loader, val_loader, device, eval_iter):
 
 def generate_and_print_sample(model, tokenizer, device, start_context, max_new_tokens=50):
     """Print a greedy continuation of `start_context` (on one line)."""
+    check_text(start_context, "start_context")
     model.eval()
     context_size = model.pos_emb.weight.shape[0]
     encoded = text_to_token_ids(start_context, tokenizer).to(device)
@@ -598,9 +693,10 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
     """
     from tqdm import tqdm  # text bar on stdout: reads the same live and in a saved notebook
 
-    if eval_freq < 1 or eval_iter < 1:
-        raise ValueError(f"eval_freq and eval_iter must be at least 1, "
-                         f"not {eval_freq} and {eval_iter}")
+    check_int(num_epochs, "num_epochs", minimum=0)
+    check_int(eval_freq, "eval_freq", minimum=1)
+    check_int(eval_iter, "eval_iter", minimum=1)
+    check_text(start_context, "start_context")
     train_losses, val_losses, track_tokens_seen = [], [], []
     tokens_seen, global_step = 0, -1
     with tqdm(total=num_epochs * len(train_loader), desc="training", unit="step",
@@ -648,11 +744,74 @@ def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses):
     return fig
 
 
+def save_to_file(obj, path):
+    """torch.save(obj, path), written whole or not at all: first to path + ".tmp", flushed to
+    the disk, then renamed over `path`, so a crash or a full disk midway leaves the old file (if
+    any) as it was. Returns the path."""
+    import os
+
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; save to a file in it, e.g. {path / 'model.pth'}")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"the folder {path.parent} does not exist; create it first "
+                                "with Path(folder).mkdir(parents=True, exist_ok=True)")
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on the disk before the name points at them
+    except BaseException:  # a full disk, an interrupt: no half file left behind
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)  # atomic: the old file or the new one, never half of one
+    return path
+
+
+def load_from_file(path, device=None):
+    """torch.load(path, map_location=device, weights_only=True), or an error that names the
+    file: FileNotFoundError if it is missing, ValueError if it is cut short or not a file that
+    torch.save wrote (weights_only: tensors and plain values only, never code). device=None
+    puts each tensor on the device it was saved from, as torch.load does."""
+    try:
+        device = None if device is None else torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{device!r} is not a device; name one such as cpu, cuda or mps, or "
+                         "pass a torch.device") from None
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist (or is not a file). Did the cell that "
+                                "saves it run, with the same out_dir?")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # zip errors, unpickling errors, ...: all mean "not usable"
+        reason = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:160]  # 1st sentence
+        raise ValueError(f"{path} could not be loaded ({type(e).__name__}: {reason}). Is it "
+                         "cut short (by a crash, a full disk, an interrupted copy) or not a file "
+                         "that torch.save wrote? Nothing was loaded: save or download it "
+                         "again.") from None
+
+
+def load_model_state(model, path, device=None):
+    """Fill `model` with the state_dict saved at `path` (by save_to_file or torch.save), read
+    onto `device` (None: the model's). The file is read and checked against the model first: if
+    it is damaged or does not fit, the error names it and the model is left as it was."""
+    if device is None:
+        device = next(model.parameters()).device
+    state = load_from_file(path, device)
+    check_state_dict_fits(model, state, str(path))
+    model.load_state_dict(state)
+    return model
+
+
 class KVCache:
     """Every block's keys and values of the tokens seen so far, pre-allocated as
     (B, H, capacity, D) tensors; `length` tokens are filled, the next token's position."""
 
     def __init__(self, model, batch_size, capacity):
+        check_int(batch_size, "batch_size", minimum=1)
+        check_int(capacity, "capacity (tokens)", minimum=1)
         cfg, weight = model.cfg, model.tok_emb.weight
         shape = (batch_size, cfg["n_heads"], capacity, cfg["emb_dim"] // cfg["n_heads"])
         self.keys = [weight.new_empty(shape) for _ in range(cfg["n_layers"])]
@@ -698,6 +857,10 @@ def cached_attention(att, x, cache, layer):
 def gpt_forward_cached(model, idx, cache):
     """GPTModel's forward for the new tokens idx (B, T) that follow the cache's: positions
     continue at cache.length; returns the last token's logits (B, V) and fills the cache."""
+    check_token_ids(idx, model.cfg["vocab_size"], device=model.pos_emb.weight.device)
+    if idx.shape[0] != cache.keys[0].shape[0]:
+        raise ValueError(f"the cache holds {cache.keys[0].shape[0]} sequences but idx has "
+                         f"{idx.shape[0]} rows; make a KVCache with batch_size={idx.shape[0]}")
     past, num_tokens = cache.length, idx.shape[1]
     if past + num_tokens > min(cache.capacity, model.cfg["context_length"]):
         raise ValueError(
@@ -723,12 +886,18 @@ def generate_stream(model, idx, max_new_tokens, context_size, temperature=0.0, t
     checks run at the first next(). Each step runs under torch.inference_mode, the caller's code
     between two tokens does not.
     """
-    if idx.dim() != 2 or idx.shape[1] == 0:
+    check_token_ids(idx, model.cfg["vocab_size"], device=model.pos_emb.weight.device,
+                    scan=True, what="the prompt")  # the prompt once, on every device
+    if idx.shape[1] == 0:
         raise ValueError(f"generate needs a (batch, tokens) prompt with at least one token; "
                          f"got shape {tuple(idx.shape)}. Is the prompt text empty?")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be at least 1 (or None), not {top_k}")
-    if temperature < 0:
+    check_int(max_new_tokens, "max_new_tokens", minimum=0)
+    check_int(context_size, "context_size", minimum=1, maximum=model.cfg["context_length"])
+    if top_k is not None:
+        check_int(top_k, "top_k (or None)", minimum=1)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"temperature must be a number, not {shape_of(temperature)}")
+    if not 0 <= temperature < float("inf"):  # NaN fails too
         raise ValueError(f"temperature must be 0 (greedy) or positive, not {temperature}")
     cache = KVCache(model, idx.shape[0], context_size) if use_cache else None
     for step in range(max_new_tokens):
@@ -745,7 +914,13 @@ def generate_stream(model, idx, max_new_tokens, context_size, temperature=0.0, t
                 logits = torch.full_like(logits, -torch.inf).scatter(-1, top_pos, top_logits)
             if temperature > 0.0:
                 probs = torch.softmax(logits / temperature, dim=-1)
-                idx_next = torch.multinomial(probs, num_samples=1)  # (B, 1)
+                try:
+                    idx_next = torch.multinomial(probs, num_samples=1)  # (B, 1)
+                except RuntimeError as e:  # probabilities that are NaN or inf
+                    raise ValueError("the model's next-token scores are not finite numbers (NaN "
+                                     "or inf): its weights have diverged, e.g. after training "
+                                     "with too high a learning rate. Reload a good "
+                                     "checkpoint.") from e
             else:
                 idx_next = torch.argmax(logits, dim=-1, keepdim=True)  # (B, 1)
             if eos_id is not None and bool((idx_next == eos_id).all()):
@@ -777,6 +952,13 @@ def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=No
 
 def config_from_hparams(settings, drop_rate=0.0):
     """The course's model config for OpenAI's hparams.json `settings`; GPT-2 has qkv_bias=True."""
+    keys = ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer")
+    if not isinstance(settings, dict) or not all(k in settings for k in keys):
+        raise ValueError(f"settings must be GPT-2's hparams.json as a dict with {list(keys)}, not "
+                         f"{shape_of(settings)}; download_and_load_gpt2 returns it.")
+    for key in keys:
+        check_int(settings[key], f"hparams {key!r}", minimum=1)
+    check_fraction(drop_rate, "drop_rate")
     return {"vocab_size": settings["n_vocab"], "context_length": settings["n_ctx"],
             "emb_dim": settings["n_embd"], "n_heads": settings["n_head"],
             "n_layers": settings["n_layer"], "drop_rate": drop_rate, "qkv_bias": True}
@@ -813,6 +995,7 @@ def load_weights_into_gpt(gpt, params):
     The lecture's mapping, with its `assign` and `np.split` as an in-place, shape-checked copy
     and `.chunk`; tests/test_load_weights.py::test_openai_route_gives_hugging_faces_logits.
     """
+    check_gpt2_params(params)
     if len(params["blocks"]) != len(gpt.trf_blocks):
         raise ValueError(f"the checkpoint has {len(params['blocks'])} transformer blocks but the "
                          f"model has {len(gpt.trf_blocks)}; build the model with the matching "
@@ -892,6 +1075,9 @@ def gpt_from_pretrained(name_or_path, model_class=None, mmap=False):
 
     from safetensors import safe_open
 
+    if not isinstance(name_or_path, (str, Path)):
+        raise TypeError(f"gpt_from_pretrained takes a GPT-2 name ({', '.join(HF_GPT2_MODELS)}) "
+                        f"or a folder, not {shape_of(name_or_path)}")
     hub_names = {**HF_GPT2_MODELS, **{repo: repo for repo in HF_GPT2_MODELS.values()}}
     on_hub = isinstance(name_or_path, str) and name_or_path in hub_names
     if on_hub:  # a known name always means the hub, even where a folder of that name exists
@@ -919,9 +1105,19 @@ def gpt_from_pretrained(name_or_path, model_class=None, mmap=False):
             raise FileNotFoundError(f"{name_or_path!r} is neither a GPT-2 name on the hub "
                                     f"({', '.join(HF_GPT2_MODELS)}) nor a folder holding a "
                                     "Hugging Face checkpoint (config.json, model.safetensors).")
-    hf = json.loads(config_path.read_text(encoding="utf-8"))
+    try:
+        hf = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{config_path} is not a readable JSON file ({e}); save or download the "
+                         "model again.") from None
+    if not isinstance(hf, dict):
+        raise ValueError(f"{config_path} holds a {type(hf).__name__}, not a model config")
     if hf.get("model_type") != "gpt2":
         raise ValueError(f"{name_or_path!r} is a {hf.get('model_type')!r} model, not GPT-2.")
+    for key in ("vocab_size", "n_positions", "n_embd", "n_head", "n_layer"):
+        if key not in hf:
+            raise ValueError(f"{config_path} has no {key!r}; it is not a complete GPT-2 config.")
+        check_int(hf[key], f"{config_path.name}'s {key!r}", minimum=1)
     c = hf["n_embd"]
     same = {"activation_function": "gelu_new", "layer_norm_epsilon": 1e-5, "n_inner": 4 * c,
             "scale_attn_by_inverse_layer_idx": False}  # what our GPTModel computes
@@ -932,8 +1128,13 @@ def gpt_from_pretrained(name_or_path, model_class=None, mmap=False):
         weight_paths = [fetch("model.safetensors")]
     else:
         index = folder / "model.safetensors.index.json"
-        shards = (sorted(set(json.loads(index.read_text())["weight_map"].values()))
-                  if index.is_file() else ["model.safetensors"])
+        try:
+            shards = (sorted(set(json.loads(index.read_text())["weight_map"].values()))
+                      if index.is_file() else ["model.safetensors"])
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError,
+                AttributeError) as e:
+            raise ValueError(f"{index} is not a safetensors index (a JSON object with a "
+                             f"weight_map): {type(e).__name__}: {e}") from None
         weight_paths = [folder / s for s in shards]
         if not all(p.is_file() for p in weight_paths):
             raise FileNotFoundError(f"{folder} has no model.safetensors; save the model with "
@@ -947,7 +1148,12 @@ def gpt_from_pretrained(name_or_path, model_class=None, mmap=False):
         gpt.out_head.weight = gpt.tok_emb.weight  # weight tying, before anything is copied
     ours, filled, head = dict(gpt.named_parameters()), set(), None
     for path in weight_paths:
-        with safe_open(str(path), framework="pt") as f:
+        try:
+            f = safe_open(str(path), framework="pt")
+        except Exception as e:  # safetensors' own error type: a damaged or foreign file
+            raise ValueError(f"{path} is not a readable safetensors file ({e}); save or "
+                             "download the model again.") from None
+        with f:
             for key in f.keys():
                 short = key.removeprefix("transformer.")
                 if short.endswith((".attn.bias", ".attn.masked_bias")):
@@ -993,32 +1199,72 @@ def read_sms_spam(path):
     """The SMS Spam Collection as a DataFrame with columns Label, Text: one row per line.
 
     quoting=csv.QUOTE_NONE because a message may start with an unmatched `"`; keep_default_na
-    off so that no message (say "NA") is read as a missing value.
+    off so that no message (say "NA") is read as a missing value. Every line is checked first:
+    UTF-8, `ham` or `spam`, one tab, then the message; a line that is not raises ValueError
+    with its number (a header line too: the file has none). Empty lines are skipped.
     """
     import csv
+    import io
 
     import pandas as pd
 
-    return pd.read_csv(path, sep="\t", header=None, names=["Label", "Text"], dtype=str,
-                       quoting=csv.QUOTE_NONE, keep_default_na=False)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist (or is not a file); "
+                                "course_data.fetch_data('SMSSpamCollection') downloads it.")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{path.name}, line {line}: byte {raw[e.start]:#04x} is not UTF-8 "
+                         "text; save the file as UTF-8 (or download it again).") from None
+    problems = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        label, tab, message = line.removesuffix("\r").partition("\t")
+        if not line.strip():
+            continue
+        if not tab or "\t" in message:
+            tabs = line.count("\t")
+            problems.append(f"line {number} has {tabs} tabs, not one: {line[:40]!r}")
+        elif label not in ("ham", "spam"):
+            header = " (a header? the file has none: remove it)" if number == 1 else ""
+            problems.append(f"line {number} has the label {label[:20]!r}, not ham or spam{header}")
+    if problems:
+        more = f" (and {len(problems) - 3} more lines)" if len(problems) > 3 else ""
+        raise ValueError(f"{path.name} is not in the SMS Spam Collection's format, one "
+                         f"'ham|spam<TAB>message' per line: {'; '.join(problems[:3])}{more}.")
+    return pd.read_csv(io.StringIO(text), sep="\t", header=None, names=["Label", "Text"],
+                       dtype=str, quoting=csv.QUOTE_NONE, keep_default_na=False)
 
 
 def create_balanced_dataset(df, seed=123):
     """Keep every "spam" row and an equal number of "ham" rows, drawn at random (fixed seed)."""
     import pandas as pd
 
+    if not isinstance(df, pd.DataFrame) or "Label" not in df.columns:
+        raise ValueError(f"create_balanced_dataset takes a DataFrame with a Label column "
+                         f"(read_sms_spam's), not {shape_of(df)}")
     spam = df[df["Label"] == "spam"]
     ham = df[df["Label"] == "ham"]
     if len(ham) < len(spam):
         raise ValueError(f"there are fewer ham ({len(ham)}) than spam ({len(spam)}) messages; "
                          "undersampling ham cannot balance them")
+    if len(spam) == 0:
+        raise ValueError("there are no spam messages (no row with the label 'spam') to balance")
     ham_subset = ham.sample(len(spam), random_state=seed)
     return pd.concat([ham_subset, spam], ignore_index=True)
 
 
 def random_split(df, train_frac, validation_frac, seed=123):
     """Shuffle the rows (fixed seed) and cut them into train, validation and test (the rest)."""
-    if train_frac < 0 or validation_frac < 0 or train_frac + validation_frac > 1:
+    import pandas as pd
+
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"random_split takes a DataFrame, not {shape_of(df)}")
+    check_fraction(train_frac, "train_frac")
+    check_fraction(validation_frac, "validation_frac")
+    if train_frac + validation_frac > 1:
         raise ValueError(f"train_frac ({train_frac}) and validation_frac ({validation_frac}) "
                          "must be non-negative and sum to at most 1")
     df = df.sample(frac=1, random_state=seed).reset_index(drop=True)
@@ -1041,7 +1287,14 @@ class SpamDataset(Dataset):
         import pandas as pd
 
         name = Path(csv_file).name  # for messages
-        self.data = pd.read_csv(csv_file, dtype={"Text": str}, keep_default_na=False)
+        if not Path(csv_file).is_file():
+            raise FileNotFoundError(f"{csv_file} does not exist; save the split first "
+                                    "(train_df.to_csv(path, index=None), section 6.2).")
+        try:
+            self.data = pd.read_csv(csv_file, dtype={"Text": str}, keep_default_na=False)
+        except (ValueError, UnicodeDecodeError) as e:  # pandas' parser errors are ValueErrors
+            raise ValueError(f"{name} is not a readable CSV file ({type(e).__name__}: "
+                             f"{str(e).strip()[:160]}); write it with DataFrame.to_csv.") from None
         missing = sorted({"Text", "Label"} - set(self.data.columns))
         if missing:
             raise ValueError(f"{name} lacks the column(s) {missing}; SpamDataset needs a "
@@ -1051,6 +1304,12 @@ class SpamDataset(Dataset):
         if not pd.api.types.is_integer_dtype(self.data["Label"]):
             raise ValueError(f"the labels in {name} must be integers (0 = ham, 1 = spam), "
                              f"not {self.data['Label'].iloc[0]!r}: map them before saving")
+        if (self.data["Label"] < 0).any():
+            raise ValueError(f"the labels in {name} must be class numbers 0, 1, ..., not "
+                             f"{self.data['Label'].min()}")
+        if max_length is not None:
+            check_int(max_length, "max_length")  # its range: below
+        check_int(pad_token_id, "pad_token_id", minimum=0)
         # disallowed_special=(): a message that contains "<|endoftext|>" is ordinary text here
         self.encoded_texts = [tokenizer.encode(text, disallowed_special=())
                               for text in self.data["Text"]]
@@ -1083,6 +1342,10 @@ class SpamDataset(Dataset):
 def add_classification_head(model, num_classes=2, num_trainable_blocks=1):
     """Freeze `model`, replace out_head by a new nn.Linear(C, num_classes) and make the last
     `num_trainable_blocks` transformer blocks and final_norm trainable again; in place."""
+    if not isinstance(model, GPTModel):
+        raise TypeError(f"add_classification_head takes a GPTModel, not {shape_of(model)}")
+    check_int(num_classes, "num_classes", minimum=2)
+    check_int(num_trainable_blocks, "num_trainable_blocks", minimum=0)
     if not 0 <= num_trainable_blocks <= len(model.trf_blocks):
         raise ValueError(f"num_trainable_blocks must be between 0 and the model's "
                          f"{len(model.trf_blocks)} blocks, not {num_trainable_blocks}")
@@ -1103,6 +1366,8 @@ def calc_accuracy_loader(data_loader, model, device, num_batches=None):
     """Share of examples whose last-token class is the label, over the first `num_batches`."""
     if len(data_loader) == 0:
         return float("nan")
+    if num_batches is not None:
+        check_int(num_batches, "num_batches (or None for all)", minimum=1)
     num_batches = len(data_loader) if num_batches is None else min(num_batches, len(data_loader))
     was_training = model.training
     model.eval()
@@ -1122,8 +1387,16 @@ def calc_accuracy_loader(data_loader, model, device, num_batches=None):
 
 def calc_loss_batch_classifier(input_batch, target_batch, model, device):
     """Cross-entropy of the last token's class logits for a (B, T) batch and its (B,) labels."""
+    if not isinstance(target_batch, torch.Tensor) or target_batch.dtype != torch.long or (
+            target_batch.shape != input_batch.shape[:1]):
+        raise ValueError(f"the labels must be a long tensor of shape ({len(input_batch)},), one "
+                         f"class number per input row, not {shape_of(target_batch)}")
     input_batch, target_batch = input_batch.to(device), target_batch.to(device)
     logits = model(input_batch)[:, -1, :]  # (B, T, 2) -> (B, 2)
+    if not bool(((target_batch >= 0) & (target_batch < logits.shape[-1])).all()):
+        raise ValueError(f"the labels {target_batch.tolist()} are not all classes of this "
+                         f"model's {logits.shape[-1]} outputs (0 to {logits.shape[-1] - 1}); did "
+                         "add_classification_head get the right num_classes?")
     return torch.nn.functional.cross_entropy(logits, target_batch)
 
 
@@ -1131,6 +1404,8 @@ def calc_loss_loader_classifier(data_loader, model, device, num_batches=None):
     """Average classification loss over the first `num_batches` batches (all by default)."""
     if len(data_loader) == 0:
         return float("nan")
+    if num_batches is not None:
+        check_int(num_batches, "num_batches (or None for all)", minimum=1)
     num_batches = len(data_loader) if num_batches is None else min(num_batches, len(data_loader))
     total_loss = 0.0
     for i, (input_batch, target_batch) in enumerate(data_loader):
@@ -1159,6 +1434,12 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
     """
     from tqdm import tqdm  # text bar on stdout: reads the same live and in a saved notebook
 
+    check_int(num_epochs, "num_epochs", minimum=0)
+    check_int(eval_freq, "eval_freq", minimum=1)
+    check_int(eval_iter, "eval_iter", minimum=1)
+    if len(train_loader) == 0:
+        raise ValueError("the training loader yields no batches: is the training set smaller "
+                         "than one batch (with drop_last=True)?")
     train_losses, val_losses, train_accs, val_accs = [], [], [], []
     examples_seen, global_step = 0, -1
     with tqdm(total=num_epochs * len(train_loader), desc="fine-tuning", unit="step",
@@ -1214,8 +1495,8 @@ def classifier_logits(text, model, tokenizer, device, max_length=None, pad_token
     if not isinstance(text, str):
         raise TypeError(f"the classifier needs a text (str), not {type(text).__name__}")
     context_length = model.pos_emb.weight.shape[0]
-    if max_length is not None and max_length < 1:
-        raise ValueError(f"max_length must be at least 1, not {max_length}")
+    if max_length is not None:
+        check_int(max_length, "max_length", minimum=1)
     length = context_length if max_length is None else min(max_length, context_length)
     input_ids = tokenizer.encode(text, disallowed_special=())[:length]
     if not input_ids:
@@ -1268,8 +1549,36 @@ def validate_instruction_data(data):
     return data
 
 
+def load_instruction_data(path):
+    """The entries of an instruction data file, a JSON list of {instruction, input, output},
+    checked by validate_instruction_data; an error names the file (and a JSON error its line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist (or is not a file); "
+                                "course_data.fetch_data('instruction-data.json') downloads it.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path.name} is not UTF-8 text; save it as UTF-8.") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path.name}, line {e.lineno}, column {e.colno}: not valid JSON "
+                         f"({e.msg}).") from None
+    try:
+        return validate_instruction_data(data)
+    except ValueError as e:
+        raise ValueError(f"{path.name}: {e}") from None
+
+
 def format_input(entry):
     """The Alpaca-style prompt of one entry (with an '### Input:' section only if input is set)."""
+    if not isinstance(entry, dict):
+        raise TypeError(f"format_input takes one entry, a dict with 'instruction' and 'input', "
+                        f"not {shape_of(entry)}")
+    for key in ("instruction", "input"):
+        if key not in entry:
+            raise ValueError(f"the entry has no {key!r} (its keys: {sorted(entry)[:5]}); every "
+                             "entry needs 'instruction' and 'input' ('' when there is none).")
+        check_text(entry[key], f"the entry's {key!r}")
     instruction_text = (
         "Below is an instruction that describes a task. "
         "Write a response that appropriately completes the request."
@@ -1281,6 +1590,13 @@ def format_input(entry):
 
 def split_instruction_data(data, train_frac=0.85, test_frac=0.10):
     """(train, val, test) slices of `data` in file order: 85% / 5% / 10% by default."""
+    if not isinstance(data, list):
+        raise TypeError(f"split_instruction_data takes the list of entries, not {shape_of(data)}")
+    check_fraction(train_frac, "train_frac")
+    check_fraction(test_frac, "test_frac")
+    if train_frac + test_frac > 1:
+        raise ValueError(f"train_frac ({train_frac}) and test_frac ({test_frac}) sum to more "
+                         "than 1")
     train_end = int(len(data) * train_frac)
     test_end = train_end + int(len(data) * test_frac)
     train_data, test_data, val_data = data[:train_end], data[train_end:test_end], data[test_end:]
@@ -1313,8 +1629,20 @@ def custom_collate_fn(batch, pad_token_id=50256, ignore_index=-100, allowed_max_
     Equals the lecture's version (section 7.2) when no text holds an inner 50256; tested by
     tests/test_instruction.py::test_matches_the_lecture_rule_on_random_batches.
     """
+    if not isinstance(batch, (list, tuple)) or not all(isinstance(item, (list, tuple))
+                                                       for item in batch):
+        raise TypeError(f"custom_collate_fn takes a list of token-id lists (what "
+                        f"InstructionDataset gives), not {shape_of(batch)}")
     if len(batch) == 0 or any(len(item) == 0 for item in batch):
         raise ValueError("custom_collate_fn needs a non-empty batch of non-empty token lists")
+    bad = next((i for item in batch for i in item
+                if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < 2**63), None)
+    if bad is not None:
+        kind = TypeError if not isinstance(bad, int) or isinstance(bad, bool) else ValueError
+        raise kind(f"custom_collate_fn takes lists of token ids, ints from 0 up; one is "
+                   f"{shape_of(bad)}")
+    if allowed_max_length is not None:
+        check_int(allowed_max_length, "allowed_max_length", minimum=1)
     batch_max_length = max(len(item) + 1 for item in batch)  # room for one end-of-text token
     inputs_lst, targets_lst = [], []
     for item in batch:
@@ -1336,6 +1664,8 @@ def custom_collate_fn(batch, pad_token_id=50256, ignore_index=-100, allowed_max_
 
 def extract_response(generated_text, prompt):
     """The model's answer in `generated_text`: what follows `prompt` and the '### Response:' tag."""
+    check_text(generated_text, "generated_text")
+    check_text(prompt, "prompt")
     if generated_text.startswith(prompt):
         generated_text = generated_text[len(prompt):]
     return generated_text.split("### Response:", 1)[-1].strip()
@@ -1345,6 +1675,8 @@ def rouge_l_f1(candidate, reference):
     """ROUGE-L F1 of two texts: their longest common subsequence of lower-cased words."""
     import re
 
+    check_text(candidate, "candidate")
+    check_text(reference, "reference")
     cand = re.findall(r"[a-z0-9]+", candidate.lower())
     ref = re.findall(r"[a-z0-9]+", reference.lower())
     if not cand or not ref:
@@ -1367,11 +1699,18 @@ def ollama_base_url(host):
     "127.0.0.1:11434", "0.0.0.0" (no scheme means http, and then no port means 11434)."""
     from urllib.parse import urlsplit
 
+    check_text(host, "host")
     host = host.strip().rstrip("/")
-    if "://" not in host:
+    scheme_given = "://" in host
+    if not scheme_given:
         host = f"http://{host}"
-        if urlsplit(host).port is None:
-            host += ":11434"  # Ollama's default port
+    try:
+        port = urlsplit(host).port
+    except ValueError:  # "localhost:abc", a port beyond 65535
+        raise ValueError(f"{host!r} is not a valid address; write it as "
+                         "http://localhost:11434") from None
+    if not scheme_given and port is None:
+        host += ":11434"  # Ollama's default port
     return host
 
 
@@ -1439,6 +1778,7 @@ def parse_score(text):
     holds no single clear number in that range (e.g. "I cannot tell", "between 60 and 70")."""
     import re
 
+    check_text(text, "the judge's reply")
     out_of_100 = re.search(r"(\d+(?:\.\d+)?)\s*(?:/|out of)\s*100\b", text)
     numbers = {out_of_100.group(1)} if out_of_100 else set(re.findall(r"\d+(?:\.\d+)?", text))
     if len(numbers) != 1:
@@ -1449,6 +1789,12 @@ def parse_score(text):
 
 def format_judge_prompt(entry, json_key="model_response"):
     """The question put to the judge: instruction, reference answer, the answer to score."""
+    for key in ("output", json_key):
+        if not isinstance(entry, dict) or key not in entry:
+            raise ValueError(f"the entry has no {key!r}: scoring needs the reference 'output' "
+                             f"and the answer under json_key={json_key!r} (add the model's "
+                             "answers to the entries first)")
+        check_text(entry[key], f"the entry's {key!r}")
     return (
         f"Here is an instruction, possibly with an input:\n\n{format_input(entry)}\n\n"
         f"A correct answer is:\n{entry['output']}\n\n"

@@ -126,7 +126,7 @@ def test_causality_changing_a_later_token_leaves_earlier_logits_unchanged():
 
 def test_missing_config_key_is_named():
     cfg = {k: v for k, v in GPT_CONFIG_124M.items() if k != "n_heads"}
-    with pytest.raises(KeyError, match="n_heads"):
+    with pytest.raises(ValueError, match="n_heads"):
         GPTModel(cfg)
 
 

@@ -1,0 +1,193 @@
+"""The checks the course's helpers run on what they are given, so that a mistake a learner can
+make (token ids without the batch dimension, an id from another tokenizer, a float where an id
+belongs, a count of -1, a checkpoint that does not fit the model) stops at the helper's door with
+a message that says what is wrong, shows the offending value and says what to do, instead of an
+error from deep inside PyTorch.
+
+Not part of the lectures: previous_chapters.py (and the notebooks that build it) call these in
+one line at the top of a helper. Each check costs a few microseconds: shapes, dtypes and devices
+only, except `check_token_ids`, which also looks at the ids' smallest and largest value (one pass
+over the ids, on the CPU only unless asked: on a GPU that would wait for the device).
+
+Every check raises TypeError (a value of the wrong kind), ValueError (the right kind, a wrong
+value) or FileNotFoundError (a missing file); tests/test_input_checks.py lists the messages and
+tests/test_fuzz_helpers.py sweeps random inputs through every helper.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+
+__all__ = ["check_int", "check_fraction", "check_text", "check_token_ids", "check_features",
+           "check_state_dict_fits", "check_gpt2_params", "shape_of"]
+
+
+def shape_of(value) -> str:
+    """How to show a value in a message: a tensor's shape and dtype, else its type and repr."""
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def check_int(value, name, minimum=None, maximum=None) -> int:
+    """`value` as an int (a Python, numpy or 0-d torch integer), between minimum and maximum."""
+    if isinstance(value, bool) or isinstance(value, float):
+        raise TypeError(f"{name} must be a whole number, not {shape_of(value)}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a whole number, not {shape_of(value)}") from None
+    if minimum is not None and number < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, not {number}")
+    if maximum is not None and number > maximum:
+        raise ValueError(f"{name} must be at most {maximum}, not {number}")
+    return number
+
+
+def check_fraction(value, name) -> float:
+    """`value` as a float between 0 and 1 (NaN is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number between 0 and 1, not {shape_of(value)}")
+    if not 0.0 <= value <= 1.0:  # False for NaN too
+        raise ValueError(f"{name} must be between 0 and 1, not {value}")
+    return float(value)
+
+
+def check_text(text, name="the text") -> str:
+    """`text` if it is a str; TypeError otherwise (token ids and bytes are common mix-ups)."""
+    if not isinstance(text, str):
+        hint = ""
+        if isinstance(text, (bytes, bytearray)):
+            hint = " Decode it first: text.decode('utf-8')."
+        elif isinstance(text, (list, tuple, torch.Tensor)):
+            hint = " Are these token ids? Decode them to text first (token_ids_to_text)."
+        raise TypeError(f"{name} must be a str, not {shape_of(text)}.{hint}")
+    return text
+
+
+def check_token_ids(idx, vocab_size=None, context_length=None, device=None, scan=None,
+                    what="the token ids") -> None:
+    """Check a (batch, tokens) tensor of token ids: an integer tensor (int64 or int32) with two
+    dimensions, at most `context_length` tokens, on `device`, every id in 0 .. vocab_size - 1.
+    The ids are looked at on the CPU (scan=None) or always (scan=True); shapes always."""
+    if not isinstance(idx, torch.Tensor):
+        raise TypeError(f"{what} must be a torch tensor of shape (batch, tokens), not "
+                        f"{shape_of(idx)}. Make one with torch.tensor([ids]) (or "
+                        "text_to_token_ids(text, tokenizer)).")
+    if idx.dtype not in (torch.int64, torch.int32):
+        hint = (" Are these embeddings or logits rather than ids?" if idx.is_floating_point()
+                else "")
+        raise TypeError(f"{what} must be integers (torch.long), the positions of the tokens in "
+                        f"the vocabulary, not {idx.dtype}.{hint} Convert ids with .long().")
+    if idx.dim() != 2:
+        hint = (" Add the batch dimension: ids.unsqueeze(0), or torch.tensor([ids])."
+                if idx.dim() == 1 else "")
+        raise ValueError(f"{what} must have shape (batch, tokens), not {tuple(idx.shape)}.{hint}")
+    if context_length is not None and idx.shape[1] > context_length:
+        raise ValueError(
+            f"The input has {idx.shape[1]} tokens but the model's context length is "
+            f"{context_length}; crop it, e.g. idx[:, -context_length:]."
+        )
+    if device is not None and idx.device != device and device.type != "meta":
+        raise ValueError(f"{what} are on {idx.device} but the model is on {device}; move them "
+                         "with .to(device) (the model's device: next(model.parameters()).device).")
+    if vocab_size is not None and idx.numel() and (scan or (scan is None
+                                                            and idx.device.type == "cpu")):
+        low, high = torch.aminmax(idx)
+        if low < 0 or high >= vocab_size:
+            row, col = ((idx < 0) | (idx >= vocab_size)).nonzero()[0].tolist()
+            raise ValueError(
+                f"token id {idx[row, col].item()} (row {row}, position {col}) is outside the "
+                f"model's vocabulary of {vocab_size:,} ids (0 to {vocab_size - 1:,}). Were the "
+                "ids made by another tokenizer, or shifted by a pad/ignore value such as -100?")
+
+
+def check_features(x, size, who, dims=None) -> None:
+    """Check an activation tensor: floating point, `size` values in its last dimension (unless
+    None), and (if given) `dims` dimensions; `who` names the module for the message."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{who} takes a float tensor, not {shape_of(x)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{who} takes float activations, not {x.dtype} values. Token ids go into "
+                        "GPTModel (or an nn.Embedding) first; or convert with .float().")
+    if size is None and dims is None:
+        return
+    if (dims is not None and x.dim() != dims) or (size is not None and (
+            x.dim() == 0 or x.shape[-1] != size)):
+        wanted = "(batch, tokens, {})" if dims == 3 else "(..., {})"
+        raise ValueError(f"{who} takes tensors of shape {wanted.format(size)}, not "
+                         f"{tuple(x.shape)}: its input size is {size}.")
+
+
+def check_state_dict_fits(model, state_dict, source="the state dict") -> None:
+    """Check, before anything is copied, that `state_dict` holds a tensor of the right shape for
+    every entry of `model.state_dict()` and nothing else; ValueError listing what differs.
+    (nn.Module.load_state_dict copies what fits and only then raises, leaving the model half
+    loaded.)"""
+    if not isinstance(state_dict, dict):
+        raise TypeError(f"{source} must be a dict of tensors (a model's state_dict()), not "
+                        f"{shape_of(state_dict)}")
+    ours = model.state_dict()
+    missing = [k for k in ours if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in ours]
+    wrong = [f"{k}: {shape_of(v)}" for k, v in state_dict.items()
+             if k in ours and not isinstance(v, torch.Tensor)]
+    shapes = [f"{k} is {tuple(v.shape)} in {source}, {tuple(ours[k].shape)} in the model"
+              for k, v in state_dict.items()
+              if k in ours and isinstance(v, torch.Tensor) and v.shape != ours[k].shape]
+    problems = [(f"missing ({len(missing)})", missing), (f"unexpected ({len(unexpected)})",
+                                                         unexpected),
+                ("not tensors", wrong), ("different shapes", shapes)]
+    problems = [(title, items) for title, items in problems if items]
+    if not problems:
+        return
+    listed = "; ".join(f"{title}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
+                       for title, items in problems)
+    hint = " Is the model built with the same config (GPT-2 size) as the one saved?"
+    head = "out_head.weight"
+    if head in ours and isinstance(state_dict.get(head), torch.Tensor) and (
+            state_dict[head].shape[0] != ours[head].shape[0]):
+        hint = (f" The saved output layer has {state_dict[head].shape[0]} outputs, the model's "
+                f"{ours[head].shape[0]}: a classifier needs add_classification_head(model, "
+                "num_classes) before loading, a language model does not.")
+    raise ValueError(f"{source} does not fit this {type(model).__name__} ({listed}); nothing "
+                     f"was loaded.{hint}")
+
+
+# What load_weights_into_gpt reads from each of params["blocks"] (OpenAI's names).
+GPT2_BLOCK_ENTRIES = [("attn", "c_attn", "w"), ("attn", "c_attn", "b"), ("attn", "c_proj", "w"),
+                      ("attn", "c_proj", "b"), ("mlp", "c_fc", "w"), ("mlp", "c_fc", "b"),
+                      ("mlp", "c_proj", "w"), ("mlp", "c_proj", "b"), ("ln_1", "g"),
+                      ("ln_1", "b"), ("ln_2", "g"), ("ln_2", "b")]
+
+
+def check_gpt2_params(params) -> None:
+    """Check that `params` (gpt_download3's nested dict) has every array load_weights_into_gpt
+    reads: wte, wpe, g, b and, for each of its list of blocks, the entries above."""
+    import numpy as np
+
+    def lookup(entry):
+        value = params
+        for key in entry:
+            if isinstance(value, dict) and key in value:
+                value = value[key]
+            elif isinstance(value, list) and isinstance(key, int) and key < len(value):
+                value = value[key]
+            else:
+                return None
+        return value
+
+    if not isinstance(params, dict) or not isinstance(params.get("blocks"), list):
+        raise ValueError(f"load_weights_into_gpt takes the params dict that "
+                         f"download_and_load_gpt2 returns (with a list params['blocks']), not "
+                         f"{shape_of(params)}")
+    entries = [(name,) for name in ("wte", "wpe", "g", "b")] + [
+        ("blocks", i, *e) for i in range(len(params["blocks"])) for e in GPT2_BLOCK_ENTRIES]
+    for entry in entries:
+        if not isinstance(lookup(entry), (np.ndarray, torch.Tensor)):
+            where = "".join(f"[{k!r}]" for k in entry)
+            raise ValueError(f"params{where} is missing or not an array: load_weights_into_gpt "
+                             "takes the params dict that download_and_load_gpt2 returns.")
