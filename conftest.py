@@ -8,12 +8,13 @@ Notebook kernels inherit these environment variables.
 
 The fuzzed sweeps (tests/test_fuzz_*.py, hypothesis) run under one of two profiles: "ci" (the
 default: a bounded number of examples per helper, a few seconds each) or "nightly" (many more),
-chosen with HYPOTHESIS_PROFILE=nightly. Examples are drawn from a random seed each run; a failure
-prints the seed (`--hypothesis-seed=N` repeats the run) and the failing example.
+chosen with HYPOTHESIS_PROFILE=nightly. Examples are drawn from a new random seed each run,
+FUZZ_SEED, printed at the top of the run and with any failing example; FUZZ_SEED=N repeats a run.
 """
 
 import atexit
 import os
+import random
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,6 +28,7 @@ settings.register_profile("ci", max_examples=60, deadline=None, database=None, p
 settings.register_profile("nightly", max_examples=2000, deadline=None, database=None,
                           print_blob=True, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+os.environ.setdefault("FUZZ_SEED", str(random.SystemRandom().getrandbits(32)))  # tests/fuzzing.py
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow: errors only
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="course-tests-"))
@@ -43,6 +45,11 @@ def pytest_configure(config):
     import course_data
 
     course_data.get_gpt2_tokenizer()  # primes the cache from the mirror, or downloads once
+
+
+def pytest_report_header(config):
+    return (f"fuzzed sweeps: hypothesis profile {settings.default.max_examples} examples per "
+            f"test, FUZZ_SEED={os.environ['FUZZ_SEED']} (set it to repeat this run)")
 
 
 def pytest_sessionstart(session):

@@ -21,7 +21,8 @@ import operator
 import torch
 
 __all__ = ["check_int", "check_fraction", "check_text", "check_token_ids", "check_features",
-           "check_state_dict_fits", "check_gpt2_params", "shape_of"]
+           "input_dtype", "check_loader", "check_state_dict_fits", "check_gpt2_params",
+           "check_curves", "shape_of"]
 
 
 def shape_of(value) -> str:
@@ -105,21 +106,41 @@ def check_token_ids(idx, vocab_size=None, context_length=None, device=None, scan
                 "ids made by another tokenizer, or shifted by a pad/ignore value such as -100?")
 
 
-def check_features(x, size, who, dims=None) -> None:
+def check_features(x, size, who, dims=None, dtype=None) -> None:
     """Check an activation tensor: floating point, `size` values in its last dimension (unless
-    None), and (if given) `dims` dimensions; `who` names the module for the message."""
+    None), `dims` dimensions and the `dtype` of the weights it meets (if given; autocast mixes
+    dtypes on purpose, so not under autocast); `who` names the module for the message."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{who} takes a float tensor, not {shape_of(x)}")
     if not x.is_floating_point():
         raise TypeError(f"{who} takes float activations, not {x.dtype} values. Token ids go into "
                         "GPTModel (or an nn.Embedding) first; or convert with .float().")
-    if size is None and dims is None:
-        return
     if (dims is not None and x.dim() != dims) or (size is not None and (
             x.dim() == 0 or x.shape[-1] != size)):
         wanted = "(batch, tokens, {})" if dims == 3 else "(..., {})"
         raise ValueError(f"{who} takes tensors of shape {wanted.format(size)}, not "
                          f"{tuple(x.shape)}: its input size is {size}.")
+    if dtype is not None and x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"{who} has {dtype} weights but the input is {x.dtype}; convert it with "
+                        f"x.to({dtype}) (or the module with .to(x.dtype)).")
+
+
+def input_dtype(layer):
+    """The dtype a layer's input must have: a plain nn.Linear's weight dtype; None for others
+    (a quantized layer converts its input itself)."""
+    return layer.weight.dtype if type(layer) is torch.nn.Linear else None
+
+
+def check_loader(data_loader, name="the data loader") -> None:
+    """A DataLoader, or a list of (inputs, targets) pairs, as the training helpers iterate it."""
+    from torch.utils.data import DataLoader
+
+    if isinstance(data_loader, DataLoader):
+        return
+    if not isinstance(data_loader, (list, tuple)) or not all(
+            isinstance(batch, (list, tuple)) and len(batch) == 2 for batch in data_loader):
+        raise TypeError(f"{name} must be a DataLoader (or a list of (inputs, targets) batches), "
+                        f"not {shape_of(data_loader)}")
 
 
 def check_state_dict_fits(model, state_dict, source="the state dict") -> None:
@@ -187,7 +208,30 @@ def check_gpt2_params(params) -> None:
     entries = [(name,) for name in ("wte", "wpe", "g", "b")] + [
         ("blocks", i, *e) for i in range(len(params["blocks"])) for e in GPT2_BLOCK_ENTRIES]
     for entry in entries:
-        if not isinstance(lookup(entry), (np.ndarray, torch.Tensor)):
+        array = lookup(entry)
+        if not isinstance(array, (np.ndarray, torch.Tensor)) or array.ndim == 0:
             where = "".join(f"[{k!r}]" for k in entry)
-            raise ValueError(f"params{where} is missing or not an array: load_weights_into_gpt "
+            raise ValueError(f"params{where} is missing or not an array (of at least one "
+                             "dimension): load_weights_into_gpt "
                              "takes the params dict that download_and_load_gpt2 returns.")
+
+
+def check_curves(**curves) -> None:
+    """Check the sequences a loss plot draws: one-dimensional sequences of numbers (lists, numpy
+    arrays, tensors), all of one length."""
+    import numpy as np
+
+    lengths = {}
+    for name, values in curves.items():
+        try:
+            array = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor)
+                               else values)
+        except (TypeError, ValueError, RuntimeError):
+            array = np.asarray(None)
+        if array.ndim != 1 or array.dtype.kind not in "iuf":
+            raise TypeError(f"{name} must be a sequence of numbers (as the training loop returns "
+                            f"it), not {shape_of(values)}")
+        lengths[name] = len(array)
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"the curves to plot have different lengths ({lengths}): pass the "
+                         "values of one training run, one per evaluation")

@@ -10,6 +10,7 @@ Shape names used in comments: B batch, T tokens, C embedding dim, H heads, D hea
 from __future__ import annotations
 
 import json
+import numbers
 import sys
 from collections import Counter
 from pathlib import Path
@@ -21,13 +22,16 @@ from torch.utils.data import DataLoader, Dataset
 
 # the checks at the top of the helpers (not part of the lectures): input_checks.py
 from input_checks import (
+    check_curves,
     check_features,
     check_fraction,
     check_gpt2_params,
     check_int,
+    check_loader,
     check_state_dict_fits,
     check_text,
     check_token_ids,
+    input_dtype,
     shape_of,
 )
 
@@ -162,7 +166,12 @@ class BytePairTokenizer:
 
     def decode(self, ids) -> str:
         """The text of `ids`: their bytes joined and read as UTF-8 (a split character -> U+FFFD)."""
-        unknown = [i for i in ids if isinstance(i, bool) or i not in self.vocab]
+        if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__") or (
+                isinstance(ids, torch.Tensor) and ids.dim() != 1):
+            raise TypeError(f"decode takes a list of token ids, not {shape_of(ids)}")
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        unknown = [i for i in ids if isinstance(i, bool) or not isinstance(i, numbers.Integral)
+                   or i not in self.vocab]
         if unknown:
             raise ValueError(f"token id {unknown[0]!r} is not in this tokenizer's vocabulary of "
                              f"{len(self.vocab):,} ids; decode takes a list of ints it produced.")
@@ -310,7 +319,8 @@ class MultiHeadAttention(nn.Module):
         self.out_proj = nn.Linear(d_out, d_out)  # combines the heads' outputs
 
     def forward(self, x):
-        check_features(x, self.d_in, "MultiHeadAttention", dims=3)
+        check_features(x, self.d_in, "MultiHeadAttention", dims=3,
+                       dtype=input_dtype(self.W_query))
         b, num_tokens, d_in = x.shape
         # (B, T, C) -> (B, T, H, D) -> (B, H, T, D)
         queries = self.W_query(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
@@ -403,7 +413,7 @@ class LayerNorm(nn.Module):
         self.shift = nn.Parameter(torch.zeros(emb_dim))
 
     def forward(self, x):
-        check_features(x, self.scale.shape[0], "LayerNorm")
+        check_features(x, self.scale.shape[0], "LayerNorm", dtype=self.scale.dtype)
         # (x - mean) / sqrt(var + eps) * scale + shift in one call, which keeps only its input
         # and each row's mean and 1 / std for the backward pass, not every intermediate tensor
         return torch.nn.functional.layer_norm(x, x.shape[-1:], self.scale, self.shift, self.eps)
@@ -433,7 +443,7 @@ class FeedForward(nn.Module):
         )
 
     def forward(self, x):
-        check_features(x, self.emb_dim, "FeedForward")
+        check_features(x, self.emb_dim, "FeedForward", dtype=input_dtype(self.layers[0]))
         return self.layers(x)
 
 
@@ -485,6 +495,7 @@ class GPTModel(nn.Module):
                              f"{list(self.CONFIG_KEYS)} (see GPT_CONFIG_124M)")
         for key in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
             check_int(cfg[key], f"the config's {key!r}", minimum=1)
+        check_fraction(cfg["drop_rate"], "the config's 'drop_rate'")
         if cfg["emb_dim"] % cfg["n_heads"]:
             raise ValueError(f"emb_dim {cfg['emb_dim']} is not divisible by "
                              f"n_heads {cfg['n_heads']}")
@@ -535,6 +546,8 @@ class GPTModel(nn.Module):
 def generate_text_simple(model, idx, max_new_tokens, context_size):
     """Greedy decoding: append the most likely next token `max_new_tokens` times; idx (B, T)."""
     check_token_ids(idx, what="the prompt")
+    if idx.shape[1] == 0:
+        raise ValueError("the prompt has no tokens; is its text empty?")
     check_int(max_new_tokens, "max_new_tokens", minimum=0)
     check_int(context_size, "context_size", minimum=1)
     for _ in range(max_new_tokens):
@@ -645,9 +658,7 @@ def calc_loss_batch(input_batch, target_batch, model, device):
 
 def calc_loss_loader(data_loader, model, device, num_batches=None):
     """Average loss over the first `num_batches` batches of a loader (all of them by default)."""
-    if not hasattr(data_loader, "__len__"):
-        raise TypeError(f"calc_loss_loader takes a DataLoader (or a list of (input, target) "
-                        f"batches), not {shape_of(data_loader)}")
+    check_loader(data_loader)
     if len(data_loader) == 0:
         raise ValueError("The data loader yields no batches, so there is no loss to average. "
                          "Is the text shorter than one batch of context-length windows?")
@@ -693,6 +704,8 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
     """
     from tqdm import tqdm  # text bar on stdout: reads the same live and in a saved notebook
 
+    check_loader(train_loader, "train_loader")
+    check_loader(val_loader, "val_loader")
     check_int(num_epochs, "num_epochs", minimum=0)
     check_int(eval_freq, "eval_freq", minimum=1)
     check_int(eval_iter, "eval_iter", minimum=1)
@@ -729,6 +742,9 @@ def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses):
     """Training and validation loss against epochs, with tokens seen on a second x-axis."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
+
+    check_curves(epochs_seen=epochs_seen, tokens_seen=tokens_seen, train_losses=train_losses,
+                 val_losses=val_losses)
 
     fig, ax1 = plt.subplots(figsize=(5, 3))
     ax1.plot(epochs_seen, train_losses, label="Training loss")
@@ -835,6 +851,8 @@ class KVCache:
 def cached_attention(att, x, cache, layer):
     """MultiHeadAttention `att` for the new tokens x (B, T, C) only: their queries attend to
     the cached keys/values plus their own, causally; (B, T, C) out."""
+    check_features(x, att.d_in, "cached_attention", dims=3, dtype=input_dtype(att.W_query))
+    check_int(layer, "layer", minimum=0, maximum=len(cache.keys) - 1)
     b, num_tokens, _ = x.shape
     # (B, T, C) -> (B, T, H, D) -> (B, H, T, D)
     queries, keys, values = (
@@ -1142,18 +1160,29 @@ def gpt_from_pretrained(name_or_path, model_class=None, mmap=False):
     cfg = {"vocab_size": hf["vocab_size"], "context_length": hf["n_positions"], "emb_dim": c,
            "n_heads": hf["n_head"], "n_layers": hf["n_layer"], "drop_rate": 0.0, "qkv_bias": True}
     tied = hf.get("tie_word_embeddings", True)  # false: lm_head.weight is a matrix of its own
+    shapes = {}  # the file's own shapes, read from its header, checked before building the model
+    for path in weight_paths:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                shapes.update({k.removeprefix("transformer."): f.get_slice(k).get_shape()
+                               for k in f.keys()})
+        except Exception as e:  # safetensors' own error type: a damaged or foreign file
+            raise ValueError(f"{path} is not a readable safetensors file ({e}); save or "
+                             "download the model again.") from None
+    blocks = {int(m.group(1)) for k in shapes if (m := re.match(r"h\.(\d+)\.", k))}
+    expected = {"wte.weight": [cfg["vocab_size"], c], "wpe.weight": [cfg["context_length"], c]}
+    found = {k: shapes.get(k) for k in expected}
+    if found != expected or blocks != set(range(cfg["n_layers"])):
+        raise ValueError(f"{config_path.name} and the weights disagree: the config gives "
+                         f"{cfg['n_layers']} blocks and {expected}, the weights {len(blocks)} "
+                         f"blocks and {found}. Are they from the same model?")
     with torch.device("meta") if mmap else contextlib.nullcontext():
         gpt = (model_class or GPTModel)(cfg)
     if tied:
         gpt.out_head.weight = gpt.tok_emb.weight  # weight tying, before anything is copied
     ours, filled, head = dict(gpt.named_parameters()), set(), None
     for path in weight_paths:
-        try:
-            f = safe_open(str(path), framework="pt")
-        except Exception as e:  # safetensors' own error type: a damaged or foreign file
-            raise ValueError(f"{path} is not a readable safetensors file ({e}); save or "
-                             "download the model again.") from None
-        with f:
+        with safe_open(str(path), framework="pt") as f:  # readable: its header was read above
             for key in f.keys():
                 short = key.removeprefix("transformer.")
                 if short.endswith((".attn.bias", ".attn.masked_bias")):
@@ -1219,12 +1248,16 @@ def read_sms_spam(path):
         line = raw.count(b"\n", 0, e.start) + 1
         raise ValueError(f"{path.name}, line {line}: byte {raw[e.start]:#04x} is not UTF-8 "
                          "text; save the file as UTF-8 (or download it again).") from None
-    problems = []
+    problems, rows = [], []
     for number, line in enumerate(text.split("\n"), start=1):
-        label, tab, message = line.removesuffix("\r").partition("\t")
-        if not line.strip():
+        line = line.removesuffix("\r")  # Windows line ends
+        label, tab, message = line.partition("\t")
+        if not line:
             continue
-        if not tab or "\t" in message:
+        rows.append([label, message])
+        if "\r" in line:
+            problems.append(f"line {number} holds a carriage return (\\r) inside its message")
+        elif not tab or "\t" in message:
             tabs = line.count("\t")
             problems.append(f"line {number} has {tabs} tabs, not one: {line[:40]!r}")
         elif label not in ("ham", "spam"):
@@ -1234,8 +1267,12 @@ def read_sms_spam(path):
         more = f" (and {len(problems) - 3} more lines)" if len(problems) > 3 else ""
         raise ValueError(f"{path.name} is not in the SMS Spam Collection's format, one "
                          f"'ham|spam<TAB>message' per line: {'; '.join(problems[:3])}{more}.")
-    return pd.read_csv(io.StringIO(text), sep="\t", header=None, names=["Label", "Text"],
-                       dtype=str, quoting=csv.QUOTE_NONE, keep_default_na=False)
+    df = pd.read_csv(io.StringIO(text), sep="\t", header=None, names=["Label", "Text"],
+                     dtype=str, quoting=csv.QUOTE_NONE, keep_default_na=False)
+    if df.values.tolist() != rows:  # pandas read a line otherwise than `label<TAB>message`
+        raise ValueError(f"{path.name}: pandas did not read it one row per line "
+                         f"({len(df)} rows, {len(rows)} lines); check for unusual characters.")
+    return df
 
 
 def create_balanced_dataset(df, seed=123):
@@ -1364,6 +1401,7 @@ def add_classification_head(model, num_classes=2, num_trainable_blocks=1):
 
 def calc_accuracy_loader(data_loader, model, device, num_batches=None):
     """Share of examples whose last-token class is the label, over the first `num_batches`."""
+    check_loader(data_loader)
     if len(data_loader) == 0:
         return float("nan")
     if num_batches is not None:
@@ -1387,6 +1425,7 @@ def calc_accuracy_loader(data_loader, model, device, num_batches=None):
 
 def calc_loss_batch_classifier(input_batch, target_batch, model, device):
     """Cross-entropy of the last token's class logits for a (B, T) batch and its (B,) labels."""
+    check_token_ids(input_batch, what="the inputs")
     if not isinstance(target_batch, torch.Tensor) or target_batch.dtype != torch.long or (
             target_batch.shape != input_batch.shape[:1]):
         raise ValueError(f"the labels must be a long tensor of shape ({len(input_batch)},), one "
@@ -1402,6 +1441,7 @@ def calc_loss_batch_classifier(input_batch, target_batch, model, device):
 
 def calc_loss_loader_classifier(data_loader, model, device, num_batches=None):
     """Average classification loss over the first `num_batches` batches (all by default)."""
+    check_loader(data_loader)
     if len(data_loader) == 0:
         return float("nan")
     if num_batches is not None:
@@ -1434,6 +1474,8 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
     """
     from tqdm import tqdm  # text bar on stdout: reads the same live and in a saved notebook
 
+    check_loader(train_loader, "train_loader")
+    check_loader(val_loader, "val_loader")
     check_int(num_epochs, "num_epochs", minimum=0)
     check_int(eval_freq, "eval_freq", minimum=1)
     check_int(eval_iter, "eval_iter", minimum=1)
@@ -1474,6 +1516,10 @@ def plot_values(epochs_seen, examples_seen, train_values, val_values, label="los
     """Training and validation `label` against epochs, examples seen on a second x-axis."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
+
+    check_curves(epochs_seen=epochs_seen, examples_seen=examples_seen, train_values=train_values,
+                 val_values=val_values)
+    check_text(label, "label")
 
     fig, ax1 = plt.subplots(figsize=(5, 3))
     ax1.plot(epochs_seen, train_values, label=f"Training {label}")

@@ -87,6 +87,8 @@ CASES = [
         "a<|x|>", allowed_special={"<|x|>"}), ValueError, ["<|x|>", "special tokens"]),
     ("bpe-decode-unknown-id", lambda c: pc.BytePairTokenizer().decode([65, 999]), ValueError,
      ["999", "vocabulary of 256"]),
+    ("bpe-decode-0d-tensor", lambda c: pc.BytePairTokenizer().decode(torch.tensor(5)), TypeError,
+     ["decode takes a list of token ids", "shape ()"]),
     ("bpe-train-negative", lambda c: pc.BytePairTokenizer().train("aaa", -1), ValueError,
      ["num_merges", "at least 0"]),
     ("bpe-train-not-text", lambda c: pc.BytePairTokenizer().train(123, 5), TypeError,
@@ -123,6 +125,8 @@ CASES = [
      ["num_heads must be at least 1"]),
     ("layernorm-width", lambda c: pc.LayerNorm(8)(torch.randn(2, 5)), ValueError,
      ["LayerNorm", "(..., 8)", "(2, 5)"]),
+    ("layernorm-float64", lambda c: pc.LayerNorm(8)(torch.randn(2, 8, dtype=torch.float64)),
+     TypeError, ["torch.float32 weights", "input is torch.float64", "x.to(torch.float32)"]),
     ("gelu-ints", lambda c: pc.GELU()(torch.arange(3)), TypeError, ["GELU", "float"]),
     ("feedforward-width", lambda c: pc.FeedForward(TINY)(torch.randn(1, 2, 3)), ValueError,
      ["FeedForward", "input size is 8"]),
@@ -132,6 +136,8 @@ CASES = [
         {k: v for k, v in TINY.items() if k != "n_heads"}), ValueError, ["lacks", "n_heads"]),
     ("gptmodel-config-not-dict", lambda c: pc.GPTModel("124M"), TypeError,
      ["config dict", "GPT_CONFIG_124M", "'124M'"]),
+    ("gptmodel-drop-rate", lambda c: pc.GPTModel({**TINY, "drop_rate": 1.5}), ValueError,
+     ["'drop_rate' must be between 0 and 1, not 1.5"]),
     ("gptmodel-config-float", lambda c: pc.GPTModel({**TINY, "emb_dim": 8.0}), TypeError,
      ["'emb_dim' must be a whole number"]),
     ("forward-1d-ids", lambda c: c.model(torch.tensor([1, 2])), ValueError,
@@ -165,6 +171,9 @@ CASES = [
      ["not tensors: tok_emb.weight: float 0.5"]),
     ("generate-simple-1d", lambda c: pc.generate_text_simple(c.model, torch.tensor([1]), 2, 8),
      ValueError, ["the prompt", "(batch, tokens)", "unsqueeze(0)"]),
+    ("generate-simple-empty", lambda c: pc.generate_text_simple(
+        c.model, torch.zeros(1, 0, dtype=torch.long), 2, 8), ValueError,
+     ["no tokens", "text empty"]),
     ("generate-simple-negative", lambda c: pc.generate_text_simple(c.model, ids(1), -1, 8),
      ValueError, ["max_new_tokens must be at least 0, not -1"]),
     # ----- 04: text <-> ids, loss, generation, saving
@@ -187,13 +196,22 @@ CASES = [
     ("loss-batch-shapes", lambda c: pc.calc_loss_batch(ids(1, 2), ids(1), c.model, "cpu"),
      ValueError, ["inputs and targets", "(1, 2)", "(1, 1)"]),
     ("loss-loader-not-a-loader", lambda c: pc.calc_loss_loader(5, c.model, "cpu"), TypeError,
-     ["DataLoader", "int 5"]),
+     ["DataLoader (or a list of (inputs, targets) batches)", "int 5"]),
+    ("loss-loader-not-pairs", lambda c: pc.calc_loss_loader([ids(1, 2)], c.model, "cpu"),
+     TypeError, ["DataLoader (or a list of (inputs, targets) batches)"]),
     ("loss-loader-num-batches-0", lambda c: pc.calc_loss_loader(
         [(ids(1, 2), ids(2, 3))], c.model, "cpu", num_batches=0), ValueError,
      ["num_batches", "at least 1, not 0"]),
     ("train-eval-freq-0", lambda c: pc.train_model_simple(
         c.model, [(ids(1), ids(2))], [(ids(1), ids(2))], None, "cpu", 1, 0, 1, "a",
         c.tokenizer), ValueError, ["eval_freq must be at least 1, not 0"]),
+    ("plot-lengths", lambda c: pc.plot_losses([1, 2], [10, 20], [3.0], [3.0, 2.0]), ValueError,
+     ["different lengths", "'train_losses': 1"]),
+    ("plot-not-numbers", lambda c: pc.plot_values([1], [8], ["high"], [0.5]), TypeError,
+     ["train_values must be a sequence of numbers", "['high']"]),
+    ("cached-attention-layer", lambda c: pc.cached_attention(
+        c.model.trf_blocks[0].att, torch.randn(1, 1, 8), pc.KVCache(c.model, 1, 8), 2),
+     ValueError, ["layer must be at most 1, not 2"]),
     ("kv-cache-capacity-0", lambda c: pc.KVCache(c.model, 1, 0), ValueError,
      ["capacity", "at least 1"]),
     ("cached-forward-batch-mismatch", lambda c: pc.gpt_forward_cached(
@@ -247,6 +265,9 @@ CASES = [
     ("params-missing-array", lambda c: pc.load_weights_into_gpt(
         pc.GPTModel(TINY), {k: v for k, v in gpt2_params().items() if k != "wte"}), ValueError,
      ["params['wte']", "download_and_load_gpt2"]),
+    ("params-0d-array", lambda c: pc.load_weights_into_gpt(
+        pc.GPTModel(TINY), {**gpt2_params(), "wte": torch.tensor(0.5)}), ValueError,
+     ["params['wte'] is missing or not an array (of at least one dimension)"]),
     ("params-block-incomplete", lambda c: pc.load_weights_into_gpt(
         pc.GPTModel(TINY), gpt2_params()), ValueError, ["params['blocks'][1]['attn']"]),
     ("hf-not-a-name", lambda c: pc.gpt_from_pretrained(124), TypeError,
@@ -255,6 +276,9 @@ CASES = [
      ["config.json is not a readable JSON file"]),
     ("hf-config-missing-key", lambda c: pc.gpt_from_pretrained(c.hf_folder(
         config='{"model_type": "gpt2"}')), ValueError, ["no 'vocab_size'", "complete GPT-2"]),
+    ("hf-config-disagrees", lambda c: pc.gpt_from_pretrained(exported_with_config(
+        c, n_positions=16)), ValueError,
+     ["config.json and the weights disagree", "[16, 8]", "same model"]),
     ("hf-damaged-weights", lambda c: pc.gpt_from_pretrained(c.hf_folder()), ValueError,
      ["model.safetensors is not a readable safetensors file"]),
     # ----- 06: spam data, classifier
@@ -265,6 +289,8 @@ CASES = [
      ["line 2 has 0 tabs", "'spam WIN now'"]),
     ("spam-two-tabs", lambda c: pc.read_sms_spam(c.file("s.tsv", "ham\tok\tthen\n")),
      ValueError, ["line 1 has 2 tabs"]),
+    ("spam-carriage-return", lambda c: pc.read_sms_spam(c.file("s.tsv", "ham\tok\rthen\n")),
+     ValueError, ["line 1 holds a carriage return"]),
     ("spam-bad-label", lambda c: pc.read_sms_spam(c.file("s.tsv", SPAM_OK + "Spam\tyes\n")),
      ValueError, ["line 4 has the label 'Spam'", "ham or spam"]),
     ("spam-header", lambda c: pc.read_sms_spam(c.file("s.tsv", "label\ttext\n" + SPAM_OK)),
@@ -341,6 +367,17 @@ CASES = [
      ["no 'model_response'", "add the model's answers"]),
     ("parse-score-none", lambda c: pc.parse_score(None), TypeError, ["judge's reply"]),
 ]
+
+
+def exported_with_config(ctx, **changes):
+    """A Hugging Face folder of ctx.model (hf_export) whose config.json is then changed."""
+    from hf_export import export_to_hf
+
+    folder = ctx.tmp / "exported"
+    export_to_hf(ctx.model, folder, tie=False, tokenizer=False)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+    return folder
 
 
 def nan_model():

@@ -1,0 +1,53 @@
+"""What the fuzzed sweeps share: the `fuzz` decorator (hypothesis' given, with the run's seed)
+and `outcome`, which lets a call succeed or fail only with a clear error from the course's code.
+
+Every example of a run is drawn from FUZZ_SEED (conftest.py picks a new one per run and prints it
+in the header); a failing example is printed with it, and FUZZ_SEED=N repeats the run.
+"""
+
+import functools
+import os
+import traceback
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, note, seed, settings
+
+SEED = int(os.environ.get("FUZZ_SEED") or 0)
+ALLOWED = (TypeError, ValueError, FileNotFoundError)
+
+
+def fuzz(**strategies):
+    """@given(**strategies), seeded with FUZZ_SEED, noting the seed in a failure's report. A
+    function-scoped fixture (tmp_path, ...) is shared by a test's examples on purpose."""
+    def decorate(test):
+        @functools.wraps(test)
+        def with_seed(*args, **kwargs):
+            note(f"FUZZ_SEED={SEED} repeats this run")
+            return test(*args, **kwargs)
+
+        checks = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+        return seed(SEED)(settings(suppress_health_check=checks)(given(**strategies)(with_seed)))
+    return decorate
+
+
+def outcome(call, ours, allowed=ALLOWED, also=()):
+    """call()'s result, or the exception it raised if that is of an `allowed` type (exactly)
+    and was raised by a `raise` statement in one of the files named in `ours`; anything else
+    fails the test. `also`:
+    (file name, words) pairs of errors from elsewhere that are clear enough to pass."""
+    try:
+        return call()
+    except Exception as e:
+        frame = traceback.extract_tb(e.__traceback__)[-1]
+        where = Path(frame.filename).name
+        if type(e) in allowed and where in ours and frame.line.lstrip().startswith("raise"):
+            return e  # one of the checks: not a TypeError of an attribute access, say
+        if isinstance(e, allowed) and any(where == name and words in str(e)
+                                          for name, words in also):
+            return e
+        raise AssertionError(f"{type(e).__name__} raised in {where}:{frame.lineno}, not by the "
+                             f"course's checks: {e}") from e
+
+
+def failed(result):
+    return isinstance(result, BaseException)
