@@ -178,16 +178,11 @@ def check_state_dict_fits(model, state_dict, source="the state dict") -> None:
                      f"was loaded.{hint}")
 
 
-# What load_weights_into_gpt reads from each of params["blocks"] (OpenAI's names).
-GPT2_BLOCK_ENTRIES = [("attn", "c_attn", "w"), ("attn", "c_attn", "b"), ("attn", "c_proj", "w"),
-                      ("attn", "c_proj", "b"), ("mlp", "c_fc", "w"), ("mlp", "c_fc", "b"),
-                      ("mlp", "c_proj", "w"), ("mlp", "c_proj", "b"), ("ln_1", "g"),
-                      ("ln_1", "b"), ("ln_2", "g"), ("ln_2", "b")]
-
-
-def check_gpt2_params(params) -> None:
-    """Check that `params` (gpt_download3's nested dict) has every array load_weights_into_gpt
-    reads: wte, wpe, g, b and, for each of its list of blocks, the entries above."""
+def check_gpt2_params(params, gpt=None) -> None:
+    """Check, before anything is copied, that `params` (gpt_download3's nested dict) holds every
+    array load_weights_into_gpt reads and, given the model `gpt`, that each has the shape the
+    model needs; the messages are load_weights_into_gpt's own (its assign_), so that a mismatch
+    reads the same whichever array it is found in."""
     import numpy as np
 
     def lookup(entry):
@@ -205,15 +200,61 @@ def check_gpt2_params(params) -> None:
         raise ValueError(f"load_weights_into_gpt takes the params dict that "
                          f"download_and_load_gpt2 returns (with a list params['blocks']), not "
                          f"{shape_of(params)}")
-    entries = [(name,) for name in ("wte", "wpe", "g", "b")] + [
-        ("blocks", i, *e) for i in range(len(params["blocks"])) for e in GPT2_BLOCK_ENTRIES]
-    for entry in entries:
+    # (where in params, the name load_weights_into_gpt gives it, the model's shape for it,
+    #  whether the checkpoint stores it transposed: TensorFlow's Conv1D keeps (in, out))
+    entries = []
+    if gpt is not None:
+        entries += [(("wpe",), "pos_emb.weight (wpe)", tuple(gpt.pos_emb.weight.shape), False),
+                    (("wte",), "tok_emb.weight (wte)", tuple(gpt.tok_emb.weight.shape), False)]
+    else:
+        entries += [(("wpe",), "wpe", None, False), (("wte",), "wte", None, False)]
+
+    def qkv(b, part):  # W_query, W_key, W_value stacked, as c_attn holds them
+        rows, *rest = getattr(b.att.W_query, part).shape
+        return torch.empty(3 * rows, *rest, device="meta")
+
+    for i in range(len(params["blocks"])):
+        block = gpt.trf_blocks[i] if gpt is not None and i < len(gpt.trf_blocks) else None
+        if block is not None and block.att.W_query.bias is None:
+            block = None  # no qkv biases: load_weights_into_gpt says so itself
+        parts = [(("attn", "c_attn", "w"), "att.W_query, W_key, W_value (c_attn/w)",
+                  lambda b: qkv(b, "weight"), True),
+                 (("attn", "c_attn", "b"), "att.W_query, W_key, W_value (c_attn/b)",
+                  lambda b: qkv(b, "bias"), False),
+                 (("attn", "c_proj", "w"), "att.out_proj (attn/c_proj).weight",
+                  lambda b: b.att.out_proj.weight, True),
+                 (("attn", "c_proj", "b"), "att.out_proj (attn/c_proj).bias",
+                  lambda b: b.att.out_proj.bias, False),
+                 (("mlp", "c_fc", "w"), "ff.layers[0] (mlp/c_fc).weight",
+                  lambda b: b.ff.layers[0].weight, True),
+                 (("mlp", "c_fc", "b"), "ff.layers[0] (mlp/c_fc).bias",
+                  lambda b: b.ff.layers[0].bias, False),
+                 (("mlp", "c_proj", "w"), "ff.layers[2] (mlp/c_proj).weight",
+                  lambda b: b.ff.layers[2].weight, True),
+                 (("mlp", "c_proj", "b"), "ff.layers[2] (mlp/c_proj).bias",
+                  lambda b: b.ff.layers[2].bias, False),
+                 (("ln_1", "g"), "norm1 (ln_1).scale", lambda b: b.norm1.scale, False),
+                 (("ln_1", "b"), "norm1 (ln_1).shift", lambda b: b.norm1.shift, False),
+                 (("ln_2", "g"), "norm2 (ln_2).scale", lambda b: b.norm2.scale, False),
+                 (("ln_2", "b"), "norm2 (ln_2).shift", lambda b: b.norm2.shift, False)]
+        entries += [(("blocks", i, *keys), f"trf_blocks[{i}].{label}",
+                     None if block is None else tuple(get(block).shape), transposed)
+                    for keys, label, get, transposed in parts]
+    final = getattr(gpt, "final_norm", None)
+    entries += [(("g",), "final_norm.scale (ln_f/g)", final and tuple(final.scale.shape), False),
+                (("b",), "final_norm.shift (ln_f/b)", final and tuple(final.shift.shape), False)]
+    for entry, name, ours, transposed in entries:
         array = lookup(entry)
         if not isinstance(array, (np.ndarray, torch.Tensor)) or array.ndim == 0:
             where = "".join(f"[{k!r}]" for k in entry)
             raise ValueError(f"params{where} is missing or not an array (of at least one "
-                             "dimension): load_weights_into_gpt "
-                             "takes the params dict that download_and_load_gpt2 returns.")
+                             "dimension): load_weights_into_gpt takes the params dict that "
+                             "download_and_load_gpt2 returns.")
+        given = tuple(array.shape)[::-1] if transposed else tuple(array.shape)
+        if ours is not None and given != ours:
+            raise ValueError(f"{name}: the model has shape {ours} but the "
+                             f"checkpoint gives {given}. Does the model config match the "
+                             "weights?")
 
 
 def check_curves(**curves) -> None:

@@ -1021,6 +1021,7 @@ def load_weights_into_gpt(gpt, params):
     if gpt.trf_blocks[0].att.W_query.bias is None:
         raise ValueError("GPT-2 has biases in its query/key/value projections: build the model "
                          "with qkv_bias=True.")
+    check_gpt2_params(params, gpt)  # every shape, before anything is copied
     # Weight tying first: the head's own initial weights are freed before anything is copied.
     gpt.out_head.weight = gpt.tok_emb.weight  # GPT-2 has no separate head
     assign_(gpt.pos_emb.weight, params["wpe"], "pos_emb.weight (wpe)")

@@ -4,9 +4,11 @@ offending value or line, what to do). input_checks.py holds the checks; tests/te
 sweeps random inputs through the same helpers.
 """
 
+import copy
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -61,8 +63,9 @@ def ids(*values):
     return torch.tensor([list(values)])
 
 
-def gpt2_params():
-    import numpy as np
+def gpt2_params(complete=True):
+    """The arrays load_weights_into_gpt reads, for TINY; the second block empty unless
+    complete."""
     c = 8
     block = {"attn": {"c_attn": {"w": np.zeros((c, 3 * c)), "b": np.zeros(3 * c)},
                       "c_proj": {"w": np.zeros((c, c)), "b": np.zeros(c)}},
@@ -71,7 +74,7 @@ def gpt2_params():
              "ln_1": {"g": np.ones(c), "b": np.zeros(c)},
              "ln_2": {"g": np.ones(c), "b": np.zeros(c)}}
     return {"wte": np.zeros((300, c)), "wpe": np.zeros((8, c)), "g": np.ones(c), "b": np.zeros(c),
-            "blocks": [block, {}]}
+            "blocks": [block, copy.deepcopy(block) if complete else {}]}
 
 
 SPAM_OK = "ham\tsee you at 6\nspam\tWIN a prize now\nham\tok\n"
@@ -269,7 +272,18 @@ CASES = [
         pc.GPTModel(TINY), {**gpt2_params(), "wte": torch.tensor(0.5)}), ValueError,
      ["params['wte'] is missing or not an array (of at least one dimension)"]),
     ("params-block-incomplete", lambda c: pc.load_weights_into_gpt(
-        pc.GPTModel(TINY), gpt2_params()), ValueError, ["params['blocks'][1]['attn']"]),
+        pc.GPTModel(TINY), gpt2_params(complete=False)), ValueError,
+     ["params['blocks'][1]['attn']"]),
+    ("params-other-context", lambda c: pc.load_weights_into_gpt(
+        pc.GPTModel({**TINY, "context_length": 4}), gpt2_params()), ValueError,
+     ["pos_emb.weight (wpe): the model has shape (4, 8) but the checkpoint gives (8, 8)",
+      "Does the model config match"]),
+    ("params-c-attn-shape", lambda c: pc.load_weights_into_gpt(pc.GPTModel(TINY), {
+        **gpt2_params(), "blocks": [{**gpt2_params()["blocks"][0], "attn": {
+            **gpt2_params()["blocks"][0]["attn"], "c_attn": {"w": np.zeros((1, 0)),
+                                                            "b": np.zeros(24)}}}] * 2}),
+     ValueError, ["trf_blocks[0].att.W_query, W_key, W_value (c_attn/w): the model has shape "
+                  "(24, 8) but the checkpoint gives (0, 1)"]),
     ("hf-not-a-name", lambda c: pc.gpt_from_pretrained(124), TypeError,
      ["GPT-2 name", "int 124"]),
     ("hf-broken-config", lambda c: pc.gpt_from_pretrained(c.hf_folder(config="{")), ValueError,
@@ -496,3 +510,18 @@ def test_the_ollama_hosts_of_before_give_the_same_urls():
 def test_an_empty_text_gives_an_empty_batch_of_integer_ids(tokenizer):
     ids_ = pc.text_to_token_ids("", tokenizer)
     assert ids_.shape == (1, 0) and ids_.dtype == torch.long
+
+
+def test_a_failed_weight_load_leaves_the_model_as_it_was():
+    """The checkpoint's second block has the wrong width: nothing is copied, not even wpe."""
+    good = gpt2_params()
+    bad = {**good, "blocks": [good["blocks"][0], {**good["blocks"][0], "ln_2": {
+        "g": np.ones(4), "b": np.zeros(8)}}]}
+    gpt = pc.GPTModel(TINY)
+    before = {k: v.clone() for k, v in gpt.state_dict().items()}
+    with pytest.raises(ValueError, match=r"trf_blocks\[1\]\.norm2 \(ln_2\)\.scale"):
+        pc.load_weights_into_gpt(gpt, bad)
+    assert all(torch.equal(v, before[k]) for k, v in gpt.state_dict().items())
+    assert gpt.out_head.weight is not gpt.tok_emb.weight  # not even tied yet
+    pc.load_weights_into_gpt(gpt, good)  # the good one loads
+    assert np.array_equal(gpt.pos_emb.weight.detach().numpy(), good["wpe"])
