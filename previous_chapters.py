@@ -854,6 +854,10 @@ def cached_attention(att, x, cache, layer):
     check_features(x, att.d_in, "cached_attention", dims=3, dtype=input_dtype(att.W_query))
     check_int(layer, "layer", minimum=0, maximum=len(cache.keys) - 1)
     b, num_tokens, _ = x.shape
+    if b != cache.keys[layer].shape[0] or cache.length + num_tokens > cache.capacity:
+        raise ValueError(f"x has {b} rows of {num_tokens} tokens but the cache holds "
+                         f"{cache.keys[layer].shape[0]} sequences with room for "
+                         f"{cache.capacity - cache.length} more tokens")
     # (B, T, C) -> (B, T, H, D) -> (B, H, T, D)
     queries, keys, values = (
         lin(x).view(b, num_tokens, att.num_heads, att.head_dim).transpose(1, 2)

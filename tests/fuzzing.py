@@ -10,7 +10,7 @@ import os
 import traceback
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, note, seed, settings
+from hypothesis import HealthCheck, event, given, note, seed, settings
 
 SEED = int(os.environ.get("FUZZ_SEED") or 0)
 ALLOWED = (TypeError, ValueError, FileNotFoundError)
@@ -33,20 +33,25 @@ def fuzz(**strategies):
 def outcome(call, ours, allowed=ALLOWED, also=()):
     """call()'s result, or the exception it raised if that is of an `allowed` type (exactly)
     and was raised by a `raise` statement in one of the files named in `ours`; anything else
-    fails the test. `also`:
-    (file name, words) pairs of errors from elsewhere that are clear enough to pass."""
+    fails the test. `also`: (file name, words) pairs of errors from elsewhere that are clear
+    enough to pass. Each outcome is counted as a hypothesis event ("pc.generate: ok")."""
+    label = ".".join(call.__code__.co_names) or "call"  # e.g. "pc.generate"
     try:
-        return call()
+        result = call()
     except Exception as e:
         frame = traceback.extract_tb(e.__traceback__)[-1]
         where = Path(frame.filename).name
         if type(e) in allowed and where in ours and frame.line.lstrip().startswith("raise"):
+            event(f"{label}: {type(e).__name__}")  # --hypothesis-show-statistics counts them
             return e  # one of the checks: not a TypeError of an attribute access, say
         if isinstance(e, allowed) and any(where == name and words in str(e)
                                           for name, words in also):
+            event(f"{label}: {type(e).__name__} ({where})")
             return e
         raise AssertionError(f"{type(e).__name__} raised in {where}:{frame.lineno}, not by the "
                              f"course's checks: {e}") from e
+    event(f"{label}: ok")
+    return result
 
 
 def failed(result):

@@ -77,14 +77,47 @@ ANY = st.one_of(SCALARS, st.lists(st.integers(-5, 400), max_size=6), tensors(),
 SMALL_INTS = st.integers(-3, 12)
 COUNTS = st.one_of(SMALL_INTS, SMALL_INTS, st.floats(-2, 10), st.none(), st.text(max_size=3),
                    st.booleans())
-TOKEN_IDS = st.one_of(tensors(sides=(0, 1, 2, 3, 9), max_dims=3, low=-3, high=310), ANY)
-TEXTS = st.one_of(st.text(max_size=40), st.text(max_size=40), ANY)
+
+
+def mostly(valid, mistakes, weight=3):
+    """`valid` about weight / (weight + 1) of the time, else one of the `mistakes`: the sweep
+    must get past the first check to reach the later ones, and succeed often enough to show
+    that correct input still works."""
+    return st.integers(0, weight).flatmap(lambda i: valid if i < weight else mistakes)
+
+
+def count(low, high):
+    return mostly(st.integers(low, high), COUNTS)
+
+
+@st.composite
+def valid_ids(draw, batch=(1, 2), tokens=(1, 8), vocab=300):
+    """(B, T) int64 ids that TINY accepts (or, with vocab=50257, GPT-2's tokenizer)."""
+    b, t = draw(st.integers(*batch)), draw(st.integers(*tokens))
+    rows = draw(st.lists(st.lists(st.integers(0, vocab - 1), min_size=t, max_size=t),
+                         min_size=b, max_size=b))
+    return torch.tensor(rows, dtype=torch.long)
+
+
+@st.composite
+def activations(draw, width=8):
+    """(B, T, width) float32 activations."""
+    b, t = draw(st.integers(1, 2)), draw(st.integers(1, 8))
+    return torch.randn(b, t, width, generator=torch.Generator().manual_seed(draw(
+        st.integers(0, 2**31))))
+
+
+TOKEN_IDS = mostly(valid_ids(), st.one_of(tensors(sides=(0, 1, 2, 3, 9), max_dims=3, low=-3,
+                                                  high=310), ANY))
+TEXTS = mostly(st.text(max_size=40), ANY)
+FRACTIONS = mostly(st.floats(0, 0.5), st.one_of(st.floats(), COUNTS))
 
 
 # ----- 01: tokenizer and data ---------------------------------------------------------------
 
-@fuzz(text=TEXTS, merges=COUNTS, ids=st.one_of(st.lists(st.integers(-3, 270), max_size=8), ANY),
-       special=st.one_of(st.just(frozenset()), st.sets(st.text(max_size=8), max_size=2)))
+@fuzz(text=TEXTS, merges=count(0, 10), ids=mostly(st.lists(st.integers(0, 255), max_size=8),
+                                                 st.one_of(st.lists(st.integers(-3, 270)), ANY)),
+       special=mostly(st.just(frozenset()), st.sets(st.text(max_size=8), max_size=2)))
 def test_byte_pair_tokenizer(text, merges, ids, special):
     tok = pc.BytePairTokenizer()
     outcome(lambda: tok.train(text, merges))
@@ -116,7 +149,8 @@ def test_load_gpt2_bpe_on_damaged_files(tmp_path, which, how, where, data):
         assert result.decode(result.encode("the cat")) == "the cat"
 
 
-@fuzz(text=TEXTS, max_length=COUNTS, stride=COUNTS, batch_size=COUNTS)
+@fuzz(text=mostly(st.text(min_size=20, max_size=120), ANY), max_length=count(1, 6),
+       stride=count(1, 4), batch_size=count(1, 3))
 def test_dataset_and_dataloader(tokenizer, text, max_length, stride, batch_size):
     dataset = outcome(lambda: pc.GPTDatasetV1(text, tokenizer, max_length, stride))
     if not failed(dataset):
@@ -132,7 +166,8 @@ MODULES = {"attention": lambda: pc.MultiHeadAttention(8, 8, 8, 0.5, 2),
            "block": lambda: pc.TransformerBlock({**TINY, "drop_rate": 0.5})}
 
 
-@fuzz(name=st.sampled_from(sorted(MODULES)), x=st.one_of(tensors(), ANY), train=st.booleans())
+@fuzz(name=st.sampled_from(sorted(MODULES)), x=mostly(activations(), st.one_of(tensors(), ANY)),
+       train=st.booleans())
 def test_module_forward(name, x, train):
     module = MODULES[name]().train(train)  # training: CausalAttentionWithDropout on the CPU
     out = outcome(lambda: module(x))
@@ -140,9 +175,11 @@ def test_module_forward(name, x, train):
         assert out.shape == x.shape
 
 
-@fuzz(d_in=COUNTS, d_out=COUNTS, context=COUNTS, dropout=st.one_of(st.floats(), COUNTS),
-       heads=COUNTS, cfg=st.dictionaries(st.sampled_from(pc.GPTModel.CONFIG_KEYS),
-                                         st.one_of(st.integers(-2, 16), SCALARS), max_size=7))
+@fuzz(d_in=count(1, 16), d_out=mostly(st.sampled_from([4, 8, 16]), COUNTS),
+       context=count(1, 16), dropout=FRACTIONS, heads=mostly(st.sampled_from([1, 2, 4]), COUNTS),
+       cfg=st.dictionaries(st.sampled_from(pc.GPTModel.CONFIG_KEYS),
+                           mostly(st.integers(1, 4), st.one_of(st.integers(-2, 16), SCALARS)),
+                           max_size=3))
 def test_module_and_model_construction(d_in, d_out, context, dropout, heads, cfg):
     outcome(lambda: pc.MultiHeadAttention(d_in, d_out, context, dropout, heads))
     # a huge but valid size would only allocate memory: sizes stay below 64
@@ -157,8 +194,10 @@ def test_gptmodel_forward(model, idx):
         assert logits.shape == (*idx.shape, TINY["vocab_size"])
 
 
-@fuzz(drop=st.sets(st.sampled_from(sorted(pc.GPTModel(TINY).state_dict())), max_size=2),
-       reshape=st.booleans(), extra=st.one_of(st.none(), st.text(max_size=8), ANY))
+@fuzz(drop=mostly(st.just(set()), st.sets(st.sampled_from(sorted(pc.GPTModel(
+    TINY).state_dict())), min_size=1, max_size=2), weight=2),
+      reshape=mostly(st.just(False), st.just(True), weight=2),
+      extra=mostly(st.none(), st.one_of(st.text(max_size=8), ANY), weight=2))
 def test_gptmodel_load_state_dict(model, drop, reshape, extra):
     target = pc.GPTModel(TINY)
     before = {k: v.clone() for k, v in target.state_dict().items()}
@@ -174,7 +213,7 @@ def test_gptmodel_load_state_dict(model, drop, reshape, extra):
         assert all(torch.equal(v, before[k]) for k, v in target.state_dict().items())
 
 
-@fuzz(idx=TOKEN_IDS, new=COUNTS, context=COUNTS)
+@fuzz(idx=TOKEN_IDS, new=count(0, 4), context=count(1, 8))
 def test_generate_text_simple(model, idx, new, context):
     out = outcome(lambda: pc.generate_text_simple(model, idx, new, context))
     if not failed(out):
@@ -183,7 +222,7 @@ def test_generate_text_simple(model, idx, new, context):
 
 # ----- 04: text <-> ids, losses, generation, the cache, saving ------------------------------
 
-@fuzz(text=TEXTS, ids=TOKEN_IDS)
+@fuzz(text=TEXTS, ids=mostly(valid_ids(batch=(1, 1), vocab=50257), TOKEN_IDS))
 def test_text_and_token_ids(tokenizer, text, ids):
     result = outcome(lambda: pc.text_to_token_ids(text, tokenizer))
     if not failed(result):
@@ -191,9 +230,21 @@ def test_text_and_token_ids(tokenizer, text, ids):
     outcome(lambda: pc.token_ids_to_text(ids, tokenizer))
 
 
-@fuzz(logits=tensors(sides=(0, 1, 3, 5)), targets=tensors(sides=(0, 1, 3, 5), low=-101),
-       grad=st.booleans())
-def test_fused_cross_entropy(logits, targets, grad):
+@st.composite
+def logits_and_targets(draw):
+    """Logits (N, V) and targets (N,): ids in 0..V-1, some -100 (ignored)."""
+    n, v = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    logits = torch.randn(n, v, generator=torch.Generator().manual_seed(draw(st.integers(0, 99))))
+    targets = torch.tensor(draw(st.lists(st.sampled_from([*range(v), -100]), min_size=n,
+                                         max_size=n)))
+    return logits, targets
+
+
+@fuzz(pair=mostly(logits_and_targets(), st.tuples(tensors(sides=(0, 1, 3, 5)),
+                                                  tensors(sides=(0, 1, 3, 5), low=-101))),
+      grad=st.booleans())
+def test_fused_cross_entropy(pair, grad):
+    logits, targets = pair
     if grad and logits.is_floating_point():
         logits = logits.float().requires_grad_()
     loss = outcome(lambda: pc.fused_cross_entropy(logits, targets))
@@ -201,18 +252,26 @@ def test_fused_cross_entropy(logits, targets, grad):
         loss.backward()
 
 
-@fuzz(inputs=TOKEN_IDS, targets=TOKEN_IDS, num_batches=st.one_of(st.none(), COUNTS),
-       copies=st.integers(0, 2))
-def test_losses(model, inputs, targets, num_batches, copies):
+@st.composite
+def input_target_pairs(draw):
+    """A (B, T) batch of ids and its targets, as the data loaders give them."""
+    ids = draw(valid_ids(tokens=(2, 9)))
+    return ids[:, :-1], ids[:, 1:]
+
+
+@fuzz(pair=mostly(input_target_pairs(), st.tuples(TOKEN_IDS, TOKEN_IDS)),
+      num_batches=mostly(st.none() | st.integers(1, 3), COUNTS), copies=st.integers(0, 2))
+def test_losses(model, pair, num_batches, copies):
+    inputs, targets = pair
     outcome(lambda: pc.calc_loss_batch(inputs, targets, model, "cpu"))
     outcome(lambda: pc.calc_loss_loader([(inputs, targets)] * copies, model, "cpu",
                                         num_batches))
     outcome(lambda: pc.calc_loss_loader(inputs, model, "cpu", num_batches))  # not a loader
 
 
-@fuzz(prompt=TOKEN_IDS, new=COUNTS, context=COUNTS,
-       temperature=st.one_of(st.floats(-1, 3), st.floats(), COUNTS),
-       top_k=st.one_of(st.none(), st.integers(-2, 400), COUNTS),
+@fuzz(prompt=TOKEN_IDS, new=count(0, 5), context=count(1, 8),
+       temperature=mostly(st.floats(0, 3), st.one_of(st.floats(-1, 3), st.floats(), COUNTS)),
+       top_k=mostly(st.none() | st.integers(1, 400), COUNTS),
        eos=st.one_of(st.none(), st.integers(-1, 300)), cache=st.booleans())
 def test_generate(model, prompt, new, context, temperature, top_k, eos, cache):
     torch.manual_seed(0)
@@ -223,7 +282,8 @@ def test_generate(model, prompt, new, context, temperature, top_k, eos, cache):
         assert out.dtype == torch.long
 
 
-@fuzz(batch=COUNTS, capacity=COUNTS, idx=TOKEN_IDS, layer=COUNTS, x=tensors())
+@fuzz(batch=count(1, 2), capacity=count(1, 8), idx=TOKEN_IDS, layer=count(0, 1),
+       x=mostly(activations(), tensors()))
 def test_kv_cache(model, batch, capacity, idx, layer, x):
     cache = outcome(lambda: pc.KVCache(model, batch, capacity))
     if failed(cache):
@@ -234,7 +294,7 @@ def test_kv_cache(model, batch, capacity, idx, layer, x):
     outcome(lambda: pc.cached_attention(model.trf_blocks[0].att, x, cache, layer))
 
 
-@fuzz(how=st.sampled_from(["cut", "flip", "random", "other-size", "object"]),
+@fuzz(how=st.sampled_from(["intact", "cut", "flip", "random", "other-size", "object"]),
        where=st.floats(0, 1), data=st.binary(max_size=64), obj=ANY)
 def test_save_and_load(tmp_path, model, how, where, data, obj):
     path = pc.save_to_file(model.state_dict(), tmp_path / "model.pth")
@@ -258,8 +318,10 @@ def test_save_and_load(tmp_path, model, how, where, data, obj):
         assert all(torch.equal(v, before[k]) for k, v in target.state_dict().items())
 
 
-@fuzz(curves=st.lists(st.one_of(st.lists(st.floats(), max_size=4), tensors(max_dims=2), ANY),
-                       min_size=4, max_size=4), label=TEXTS)
+@fuzz(curves=mostly(st.integers(0, 4).flatmap(lambda n: st.lists(st.lists(
+    st.floats(0, 10), min_size=n, max_size=n), min_size=4, max_size=4)), st.lists(st.one_of(
+        st.lists(st.floats(), max_size=4), tensors(max_dims=2), ANY), min_size=4, max_size=4)),
+      label=TEXTS)
 def test_plots(curves, label):
     import matplotlib.pyplot as plt
 
@@ -269,8 +331,9 @@ def test_plots(curves, label):
             plt.close(fig)
 
 
-@fuzz(eval_freq=COUNTS, eval_iter=COUNTS, epochs=st.one_of(st.integers(-1, 1), COUNTS),
-       num_batches=st.one_of(st.none(), COUNTS), context=TEXTS, empty=st.booleans())
+@fuzz(eval_freq=count(1, 2), eval_iter=count(1, 2), epochs=count(0, 1),
+       num_batches=mostly(st.none() | st.integers(1, 2), COUNTS),
+       context=mostly(st.text(min_size=1, max_size=10), ANY), empty=st.booleans())
 def test_training_loops_and_evaluation(capsys, model, tokenizer, eval_freq, eval_iter, epochs,
                                        num_batches, context, empty):
     lm = pc.GPTModel(TINY)
@@ -319,21 +382,26 @@ def paths_in(tree, prefix=()):
     return [prefix] + [p for k, v in items for p in paths_in(v, (*prefix, k))]
 
 
-@fuzz(hparams=st.dictionaries(st.sampled_from(["n_vocab", "n_ctx", "n_embd", "n_head", "n_layer",
-                                                "x"]), st.one_of(st.integers(-1, 64), SCALARS),
-                               max_size=6), drop_rate=st.one_of(st.floats(), COUNTS),
-       change=st.integers(0, 200), new_value=st.one_of(ANY, st.just("array")))
+@fuzz(hparams=mostly(st.fixed_dictionaries({k: st.integers(1, 64) for k in [
+    "n_vocab", "n_ctx", "n_embd", "n_head", "n_layer"]}), st.dictionaries(st.sampled_from([
+        "n_vocab", "n_ctx", "n_embd", "n_head", "n_layer", "x"]), st.one_of(
+            st.integers(-1, 64), SCALARS), max_size=6)),
+      drop_rate=FRACTIONS, change=mostly(st.none(), st.integers(0, 200)),
+      new_value=st.one_of(ANY, st.just("array")))
 def test_config_and_weight_loading(hparams, drop_rate, change, new_value):
     outcome(lambda: pc.config_from_hparams(hparams, drop_rate))
     params = gpt2_params()
-    path = paths_in(params)[1:][change % (len(paths_in(params)) - 1)]
-    parent = params
-    for key in path[:-1]:
-        parent = parent[key]
-    parent[path[-1]] = (np.zeros((3, 5), np.float32) if isinstance(new_value, str) and
-                        new_value == "array" else new_value)
+    if change is not None:  # one entry of the nested dict replaced (None: all intact)
+        path = paths_in(params)[1:][change % (len(paths_in(params)) - 1)]
+        parent = params
+        for key in path[:-1]:
+            parent = parent[key]
+        parent[path[-1]] = (np.zeros((3, 5), np.float32) if isinstance(new_value, str) and
+                            new_value == "array" else new_value)
     gpt = pc.GPTModel(TINY)
-    outcome(lambda: pc.load_weights_into_gpt(gpt, params))
+    before = {k: v.clone() for k, v in gpt.state_dict().items()}
+    if failed(outcome(lambda: pc.load_weights_into_gpt(gpt, params))):
+        assert all(torch.equal(v, before[k]) for k, v in gpt.state_dict().items())
 
 
 class Files(tuple):
@@ -354,7 +422,7 @@ def hf_files(tmp_path_factory):
 
 
 @fuzz(which=st.sampled_from(["config", "weights"]), how=st.sampled_from(
-    ["cut", "flip", "random", "drop-key", "retype"]), where=st.floats(0, 1),
+    ["intact", "cut", "flip", "random", "drop-key", "retype"]), where=st.floats(0, 1),
     data=st.binary(max_size=40), value=SCALARS)
 def test_gpt_from_pretrained_on_damaged_folders(tmp_path, hf_files, which, how, where, data,
                                                 value):
@@ -369,6 +437,8 @@ def test_gpt_from_pretrained_on_damaged_folders(tmp_path, hf_files, which, how, 
         else:
             d[key] = value if not isinstance(value, bytes) else value.hex()
         config = json.dumps(d).encode()
+    elif how == "intact":
+        pass
     elif which == "config":
         config = {"cut": raw[:at], "flip": raw[:at] + bytes([raw[at] ^ 0x5A]) + raw[at + 1:],
                   "random": data}[how]
@@ -384,9 +454,9 @@ def test_gpt_from_pretrained_on_damaged_folders(tmp_path, hf_files, which, how, 
 
 # ----- 06: spam data and the classifier -----------------------------------------------------
 
-LINES = st.lists(st.tuples(st.sampled_from(["ham", "spam", "Ham", "", "label", "spam "]),
-                           st.sampled_from(["\t", "", "\t\t", " "]), st.text(max_size=12)),
-                 max_size=6)
+LINES = st.lists(st.tuples(mostly(st.sampled_from(["ham", "spam"]), st.sampled_from(
+    ["Ham", "", "label", "spam "]), weight=10), mostly(st.just("\t"), st.sampled_from(
+        ["", "\t\t", " "]), weight=10), st.text(max_size=12)), max_size=6)
 
 
 @fuzz(lines=LINES, ending=st.sampled_from(["\n", "\r\n"]), data=st.binary(max_size=60),
@@ -406,8 +476,8 @@ def test_read_sms_spam(tmp_path, lines, ending, data, random_bytes):
     assert set(df["Label"]) <= {"ham", "spam"}
 
 
-@fuzz(labels=st.lists(st.sampled_from(["ham", "spam", "x"]), max_size=8),
-       train=st.one_of(st.floats(), COUNTS), val=st.one_of(st.floats(), COUNTS), frame=ANY)
+@fuzz(labels=st.lists(mostly(st.sampled_from(["ham", "spam"]), st.just("x")), max_size=8),
+       train=FRACTIONS, val=FRACTIONS, frame=ANY)
 def test_balance_and_split(labels, train, val, frame):
     df = pd.DataFrame({"Label": labels, "Text": ["t"] * len(labels)})
     outcome(lambda: pc.create_balanced_dataset(df))
@@ -418,10 +488,12 @@ def test_balance_and_split(labels, train, val, frame):
     outcome(lambda: pc.random_split(frame, 0.7, 0.1))
 
 
-@fuzz(labels=st.lists(st.one_of(st.integers(-2, 3), st.text(max_size=3), st.floats()),
-                       max_size=5), texts=st.lists(st.text(max_size=30), max_size=5),
-       data=st.binary(max_size=60), random_bytes=st.booleans(),
-       max_length=st.one_of(st.none(), COUNTS), pad=st.one_of(st.just(50256), COUNTS))
+@fuzz(labels=st.lists(mostly(st.integers(0, 1), st.one_of(st.integers(-2, 3), st.text(
+    max_size=3), st.floats()), weight=10), max_size=5),
+      texts=st.lists(st.text(min_size=1, max_size=30), max_size=5),
+      data=st.binary(max_size=60), random_bytes=mostly(st.just(False), st.just(True)),
+      max_length=mostly(st.none() | st.integers(1, 16), COUNTS),
+      pad=mostly(st.just(50256), COUNTS))
 def test_spam_dataset(tmp_path, tokenizer, labels, texts, data, random_bytes, max_length, pad):
     path = tmp_path / "train.csv"
     n = min(len(labels), len(texts))
@@ -435,10 +507,21 @@ def test_spam_dataset(tmp_path, tokenizer, labels, texts, data, random_bytes, ma
         assert all(x.shape == (dataset.max_length,) for x, _ in dataset)
 
 
-@fuzz(num_classes=COUNTS, blocks=COUNTS, labels=tensors(sides=(0, 1, 2), max_dims=2, low=-2,
-                                                         high=4),
-       inputs=TOKEN_IDS, text=TEXTS, max_length=st.one_of(st.none(), COUNTS))
-def test_classifier_helpers(tokenizer, num_classes, blocks, labels, inputs, text, max_length):
+@st.composite
+def labelled_batches(draw):
+    """A (B, T) batch of ids and its (B,) class labels."""
+    ids = draw(valid_ids())
+    return ids, torch.tensor(draw(st.lists(st.integers(0, 1), min_size=len(ids),
+                                           max_size=len(ids))))
+
+
+@fuzz(num_classes=count(2, 4), blocks=count(0, 2),
+      batch=mostly(labelled_batches(), st.tuples(TOKEN_IDS, tensors(
+          sides=(0, 1, 2), max_dims=2, low=-2, high=4))),
+      text=mostly(st.text(min_size=1, max_size=30), ANY),
+      max_length=mostly(st.none() | st.integers(1, 16), COUNTS))
+def test_classifier_helpers(tokenizer, num_classes, blocks, batch, text, max_length):
+    inputs, labels = batch
     clf = outcome(lambda: pc.add_classification_head(pc.GPTModel(TINY), num_classes, blocks))
     clf = clf if not failed(clf) else pc.add_classification_head(pc.GPTModel(TINY))
     outcome(lambda: pc.calc_loss_batch_classifier(inputs, labels, clf, "cpu"))
@@ -454,16 +537,18 @@ JSON = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats
                     lambda inner: st.one_of(st.lists(inner, max_size=3),
                                             st.dictionaries(st.text(max_size=6), inner,
                                                             max_size=3)), max_leaves=8)
-ENTRY = st.fixed_dictionaries({}, optional={"instruction": st.one_of(st.text(max_size=20), JSON),
-                                            "input": st.one_of(st.text(max_size=20), JSON),
-                                            "output": st.one_of(st.text(max_size=20), JSON),
-                                            "model_response": st.one_of(st.text(max_size=9),
-                                                                        JSON)})
+VALID_ENTRY = st.fixed_dictionaries({"instruction": st.text(min_size=1, max_size=20),
+                                     "input": st.text(max_size=20),
+                                     "output": st.text(max_size=20),
+                                     "model_response": st.text(max_size=9)})
+ENTRY = mostly(VALID_ENTRY, st.fixed_dictionaries({}, optional={
+    "instruction": st.one_of(st.text(max_size=20), JSON),
+    "input": st.one_of(st.text(max_size=20), JSON), "output": st.one_of(st.text(max_size=20), JSON),
+    "model_response": st.one_of(st.text(max_size=9), JSON)}), weight=10)
 
 
-@fuzz(data=st.one_of(st.lists(ENTRY, max_size=4), JSON), raw=st.binary(max_size=60),
-       random_bytes=st.booleans(), train=st.one_of(st.floats(), COUNTS),
-       test=st.one_of(st.floats(), COUNTS))
+@fuzz(data=mostly(st.lists(ENTRY, max_size=4), JSON), raw=st.binary(max_size=60),
+       random_bytes=mostly(st.just(False), st.just(True)), train=FRACTIONS, test=FRACTIONS)
 def test_instruction_data(tmp_path, tokenizer, data, raw, random_bytes, train, test):
     path = tmp_path / "data.json"
     path.write_bytes(raw if random_bytes else json.dumps(data).encode())
@@ -481,11 +566,13 @@ def test_instruction_data(tmp_path, tokenizer, data, raw, random_bytes, train, t
         outcome(lambda: pc.format_judge_prompt(entry))  # noqa: B023
 
 
-@fuzz(batch=st.one_of(st.lists(st.lists(st.one_of(st.integers(-3, 50300),
-                                                   st.integers(-(2**70), 2**70), st.floats(),
-                                                   st.text(max_size=2), st.booleans()),
-                                         max_size=5), max_size=3), ANY),
-       max_length=st.one_of(st.none(), COUNTS), pad=st.one_of(st.just(50256), SMALL_INTS))
+@fuzz(batch=mostly(st.lists(st.lists(st.integers(0, 50256), min_size=1, max_size=5), min_size=1,
+                            max_size=3), st.one_of(st.lists(st.lists(st.one_of(
+                                st.integers(-3, 50300), st.integers(-(2**70), 2**70), st.floats(),
+                                st.text(max_size=2), st.booleans()), max_size=5), max_size=3),
+                                ANY)),
+       max_length=mostly(st.none() | st.integers(1, 6), COUNTS),
+       pad=mostly(st.just(50256), SMALL_INTS))
 def test_custom_collate_fn(batch, max_length, pad):
     out = outcome(lambda: pc.custom_collate_fn(batch, pad_token_id=pad,
                                                allowed_max_length=max_length))
