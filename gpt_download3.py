@@ -536,7 +536,7 @@ def _table_block(data: bytes, handle_buf, where):
     if n_restarts < 0 or limit < 0:
         raise CheckpointError(f"{where}: a block's restart table does not fit in the block; "
                               "the file is damaged. Download it again.")
-    pos, key = 0, b""
+    pos, key, count = 0, b"", 0
     while pos < limit:  # entry: shared, non_shared, value_length, key delta, value
         shared, pos = _varint(block, pos, where)
         non_shared, pos = _varint(block, pos, where)
@@ -544,8 +544,11 @@ def _table_block(data: bytes, handle_buf, where):
         if shared > len(key) or pos + non_shared + n_value > limit:
             raise CheckpointError(f"{where}: an entry runs past its block; the file is damaged. "
                                   "Download it again.")
-        key = key[:shared] + block[pos:pos + non_shared]
-        pos += non_shared
+        new_key = key[:shared] + block[pos:pos + non_shared]
+        if count and new_key <= key:  # a table's keys are sorted and unique
+            raise CheckpointError(f"{where}: its names are out of order; the file is damaged. "
+                                  "Download it again.")
+        key, pos, count = new_key, pos + non_shared, count + 1
         yield key, block[pos:pos + n_value]
         pos += n_value
 
