@@ -171,8 +171,10 @@ def download_file(url: str, dest, *, expected_sha256: str | None = None,
         raise ValueError(f"expected_size should be 0 or more bytes, not {expected_size}.")
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"timeout should be a number of seconds, not {_short(timeout)}.")
-    if not 0 < timeout < float("inf"):
-        raise ValueError(f"timeout should be a positive number of seconds, not {timeout}.")
+    if not 0 < timeout <= 86_400:  # longer waits overflow the socket layer's clock
+        raise ValueError(f"timeout should be a positive number of seconds, at most 86400 (a "
+                         f"day; it bounds each wait for the server, not the download), not "
+                         f"{timeout}.")
     if desc is not None and not isinstance(desc, str):
         raise TypeError(f"desc should be a short text (or None), not {_short(desc)}.")
     dest.parent.mkdir(parents=True, exist_ok=True)
