@@ -111,6 +111,8 @@ def sha256_of(path: Path) -> str:
     path = _path_arg(path, "path")
     if path.is_dir():
         raise ValueError(f"{path} is a folder; sha256_of needs a file.")
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; sha256_of needs an existing file.")
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):

@@ -126,10 +126,14 @@ def _check_hparams(settings, source=None) -> dict:
     """settings, after checking it is OpenAI's hparams.json: positive integers HPARAMS_KEYS, with
     n_embd divisible by n_head. `source` (the file read) is named in the message, if given."""
     where = f"{source}" if source is not None else "settings"
+    if not isinstance(settings, dict) and source is not None:
+        raise CheckpointError(f"{where} should hold a JSON object like OpenAI's "
+                              f"({_short(GPT2_HPARAMS['124M'])}), not {_short(settings)}. Is "
+                              "this OpenAI's GPT-2 hparams.json?")
     if not isinstance(settings, dict):
-        error = CheckpointError if source is not None else TypeError
-        raise error(f"{where} should be a dict like hparams.json ({_short(GPT2_HPARAMS['124M'])}), "
-                    f"not {type(settings).__name__} {_short(settings)}.")
+        raise TypeError(f"settings should be a dict like OpenAI's hparams.json "
+                        f"({_short(GPT2_HPARAMS['124M'])}), not {type(settings).__name__} "
+                        f"{_short(settings)}.")
     bad = [k for k in HPARAMS_KEYS if isinstance(settings.get(k), bool)
            or not isinstance(settings.get(k), int) or settings[k] <= 0]
     if bad:
@@ -446,7 +450,8 @@ def _varint(buf, pos, where):
     result = shift = 0
     while True:
         if pos >= len(buf) or shift > 63:
-            raise CheckpointError(f"{where}: a malformed number (varint); the file is damaged.")
+            raise CheckpointError(f"{where}: a malformed number (varint); the file is damaged. "
+                                  "Download it again.")
         byte = buf[pos]
         pos += 1
         result |= (byte & 0x7F) << shift
@@ -471,9 +476,11 @@ def _proto_fields(buf, where):
             n, pos = _varint(buf, pos, where)
             value, pos = bytes(buf[pos:pos + n]), pos + n
         else:
-            raise CheckpointError(f"{where}: unsupported protocol buffer wire type {wire}.")
+            raise CheckpointError(f"{where}: unsupported protocol buffer wire type {wire}; the "
+                                  "file is damaged. Download it again.")
         if pos > len(buf):
-            raise CheckpointError(f"{where}: a record runs past its end; the file is damaged.")
+            raise CheckpointError(f"{where}: a record runs past its end; the file is damaged. "
+                                  "Download it again.")
         yield field, value
 
 
