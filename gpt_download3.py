@@ -415,8 +415,16 @@ def _read_checkpoint_with_tensorflow(ckpt_path):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    reader = tf.train.load_checkpoint(str(_check_prefix(ckpt_path)))
-    return {name: reader.get_tensor(name) for name in sorted(reader.get_variable_to_shape_map())}
+    try:
+        reader = tf.train.load_checkpoint(str(_check_prefix(ckpt_path)))
+        return {name: reader.get_tensor(name)
+                for name in sorted(reader.get_variable_to_shape_map())}
+    except tf.errors.OpError as e:  # missing, damaged (bad CRC), not a checkpoint...
+        raise CheckpointError(
+            f"TensorFlow could not read the checkpoint {ckpt_path} ({type(e).__name__}: "
+            f"{e.message}). A file is missing or damaged: download the seven files again. "
+            "reader='numpy' names the file and tensor at fault." + _prefix_hint(ckpt_path)
+        ) from None
 
 
 # ----- a reader of TensorFlow's checkpoint format, with numpy --------------------------------

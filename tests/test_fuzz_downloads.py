@@ -364,6 +364,13 @@ CASES = [
     ("data-not-float32", lambda c: g.load_gpt2_params_from_tf_ckpt(
         *_small_checkpoint(c, np.int32)), g.CheckpointError,
      ["non-float32 GPT-2 variables", "model/wte", "download model.ckpt.index again"]),
+    ("tf-reader-flip", lambda c: g.download_and_load_gpt2(
+        "tiny-x", c.copy({DATA: _flip(c.data, len(c.data) // 2)}), reader="tensorflow"),
+     g.CheckpointError, ["TensorFlow could not read the checkpoint", "Checksum does not match",
+                         "download the seven files again"]),
+    ("tf-reader-missing", lambda c: g.load_gpt2_params_from_tf_ckpt(
+        c.tmp / "model.ckpt", TINY_HPARAMS, reader="tensorflow"), g.CheckpointError,
+     ["TensorFlow could not read", "NotFoundError", "model.ckpt"]),
     ("ckpt-path-folder", lambda c: g.read_tf_checkpoint(c.w.tiny), g.CheckpointError,
      ["is a folder", "tiny-test/model.ckpt"]),
     ("ckpt-path-index", lambda c: g.read_tf_checkpoint_index(c.w.prefix + ".index"),
