@@ -148,7 +148,8 @@ def download_file(url: str, dest, *, expected_sha256: str | None = None,
 
     Bytes go to `dest.part` first (a later call resumes it with an HTTP Range request); only
     after the size and sha256 checks pass is it renamed to `dest`. Raises DownloadError, whose
-    message ends with how to place the file by hand (unless manual_hint=False).
+    message ends with how to place the file by hand (unless manual_hint=False); TypeError or
+    ValueError, before any request, for arguments that cannot work.
     """
     import requests  # imported here so that importing this module stays cheap
     from tqdm import tqdm  # text bar on stdout: reads the same live and in a saved notebook
@@ -413,7 +414,8 @@ def fetch_data(name: str, *, data_dir_path=None, mirror=None, urls=None) -> Path
     """Return the path of a verified copy of data file `name` (see DATA_FILES); fetch it if needed.
 
     Looks in data/ first, then in the mirror folder ($COURSE_DATA_MIRROR), then downloads.
-    Raises DownloadError with what was tried and how to place the file by hand.
+    Raises DownloadError with what was tried and how to place the file by hand; TypeError or
+    ValueError (UnknownDataFileError for a name not in DATA_FILES) for arguments that cannot work.
     """
     if not isinstance(name, str):
         raise TypeError(f"name should be the name of a course data file (a string), one of "

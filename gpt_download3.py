@@ -6,6 +6,11 @@ with `read_tf_checkpoint`, a reader of TensorFlow's checkpoint format written he
 (no TensorFlow needed; every tensor's CRC32C is checked); `reader="tensorflow"` takes the
 lecture's `tf.train` route and gives bit-identical arrays.
 
+Every public function checks what it is given before any work: a wrong size ("124m", 124), a
+folder that is a file, hparams.json or settings that do not fit the checkpoint, a damaged index or
+data file raise TypeError, ValueError or CheckpointError (a ValueError) naming the value or file
+and what to do; network failures raise course_data.DownloadError.
+
 TensorFlow's checkpoint format, as far as this reader needs it:
 - `model.ckpt.index` is a LevelDB-style sorted string table: data blocks of (key, value) entries,
   each block followed by a compression byte and a masked CRC32C, then an index block that points
