@@ -18,20 +18,24 @@ copies of encoder.json and vocab.bpe when the mirror holds them (see `prime_tikt
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
+import re
 import shutil
+import struct
 import sys
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
-    "DownloadError", "DataFile", "DATA_FILES", "MIRROR_ENV", "data_dir", "download_file",
-    "fetch_data", "sha256_of", "TIKTOKEN_GPT2_FILES", "tiktoken_cache_dir", "prime_tiktoken_cache",
-    "get_gpt2_tokenizer",
+    "DownloadError", "UnknownDataFileError", "DataFile", "DATA_FILES", "MIRROR_ENV", "data_dir",
+    "download_file", "fetch_data", "sha256_of", "TIKTOKEN_GPT2_FILES", "tiktoken_cache_dir",
+    "prime_tiktoken_cache", "get_gpt2_tokenizer",
 ]
 
 MIRROR_ENV = "COURSE_DATA_MIRROR"  # a folder that holds copies of the course's files
@@ -42,6 +46,54 @@ NET_CHUNK = 1 << 16  # bytes read per step when downloading (a cut connection lo
 
 class DownloadError(RuntimeError):
     """A file could not be fetched or failed its check; the message says what to do."""
+
+
+class UnknownDataFileError(ValueError, KeyError):
+    """fetch_data was asked for a name that is not a course data file (a KeyError too, as
+    earlier versions raised)."""
+
+    def __str__(self):  # KeyError's own str() would put the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
+# ----- checking what a learner passes in -------------------------------------------------------
+
+def _short(value, limit=120) -> str:
+    """repr(value), cut to `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _path_arg(value, what) -> Path:
+    """Path(value), after checking it is a path: an int would be taken for a file descriptor."""
+    if not isinstance(value, (str, os.PathLike)) or isinstance(value, bytes):
+        raise TypeError(f"{what} should be a path (a str or pathlib.Path), not "
+                        f"{type(value).__name__} {_short(value)}.")
+    return Path(value)
+
+
+def _folder_arg(value, what) -> Path:
+    """_path_arg, and not an existing file (a folder that does not exist yet is fine)."""
+    path = _path_arg(value, what)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {path} is a file, not a folder: pass a folder (it is created "
+                         "if needed).")
+    return path
+
+
+def _check_url(url, what="url") -> str:
+    if not isinstance(url, str) or not re.match(r"https?://[^/\s]", url):
+        raise ValueError(f"{what} should be an http:// or https:// URL, not {_short(url)}.")
+    return url
+
+
+def _url_list(urls) -> tuple:
+    """urls (a list or tuple of http(s) URLs), checked, as a tuple."""
+    if isinstance(urls, (str, bytes)) or not isinstance(urls, (list, tuple)):
+        raise TypeError(f"urls should be a list of URLs, not {type(urls).__name__} "
+                        f"{_short(urls)}" + (f"; for one URL write [{urls!r}]."
+                                             if isinstance(urls, str) else "."))
+    return tuple(_check_url(u, "each of urls") for u in urls)
 
 
 def data_dir() -> Path:
@@ -56,6 +108,11 @@ def data_dir() -> Path:
 
 def sha256_of(path: Path) -> str:
     """The sha256 of a file's bytes, as a hex string (read in chunks, so large files are fine)."""
+    path = _path_arg(path, "path")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; sha256_of needs a file.")
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; sha256_of needs an existing file.")
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
@@ -91,12 +148,38 @@ def download_file(url: str, dest, *, expected_sha256: str | None = None,
 
     Bytes go to `dest.part` first (a later call resumes it with an HTTP Range request); only
     after the size and sha256 checks pass is it renamed to `dest`. Raises DownloadError, whose
-    message ends with how to place the file by hand (unless manual_hint=False).
+    message ends with how to place the file by hand (unless manual_hint=False); TypeError or
+    ValueError, before any request, for arguments that cannot work.
     """
     import requests  # imported here so that importing this module stays cheap
     from tqdm import tqdm  # text bar on stdout: reads the same live and in a saved notebook
 
-    dest = Path(dest)
+    _check_url(url)
+    dest = _path_arg(dest, "dest")
+    if dest.is_dir() or not dest.name:
+        raise ValueError(f"dest {dest} is a folder; give the path of the file to write, such as "
+                         f"{dest / url.rstrip('/').rsplit('/', 1)[-1]}.")
+    _folder_arg(dest.parent, "the folder of dest")
+    if expected_sha256 is not None:
+        if not isinstance(expected_sha256, str) or not re.fullmatch(r"[0-9a-fA-F]{64}",
+                                                                    expected_sha256):
+            raise ValueError(f"expected_sha256 should be 64 hexadecimal digits (a sha256), not "
+                             f"{_short(expected_sha256)}.")
+        expected_sha256 = expected_sha256.lower()
+    if expected_size is not None and (isinstance(expected_size, bool)
+                                      or not isinstance(expected_size, int)):
+        raise TypeError(f"expected_size should be a number of bytes (an int), not "
+                        f"{type(expected_size).__name__} {_short(expected_size)}.")
+    if expected_size is not None and expected_size < 0:
+        raise ValueError(f"expected_size should be 0 or more bytes, not {expected_size}.")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout should be a number of seconds, not {_short(timeout)}.")
+    if not 0 < timeout <= 86_400:  # longer waits overflow the socket layer's clock
+        raise ValueError(f"timeout should be a positive number of seconds, at most 86400 (a "
+                         f"day; it bounds each wait for the server, not the download), not "
+                         f"{timeout}.")
+    if desc is not None and not isinstance(desc, str):
+        raise TypeError(f"desc should be a short text (or None), not {_short(desc)}.")
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if (resume and part.exists()) else 0
@@ -284,8 +367,8 @@ def _verify(spec: DataFile, path: Path) -> str | None:
     if spec.check is not None:  # first, as its message says more than a hash can
         try:
             spec.check(path)
-        except (ValueError, UnicodeDecodeError) as e:
-            return f"it does not look like {spec.name}: {e}"
+        except (ValueError, RecursionError) as e:  # ValueError: JSON and UTF-8 errors too
+            return f"it does not look like {spec.name}: {_short(str(e), 300)}"
     if spec.sha256 is not None:
         got = sha256_of(path)
         if got != spec.sha256:
@@ -301,8 +384,12 @@ def _extract_member(zip_path: Path, member: str, out: Path) -> None:
                 raise ValueError(f"the zip has no member {member!r} (it has {z.namelist()})")
             with z.open(names[0]) as src, open(out, "wb") as dst:
                 shutil.copyfileobj(src, dst)
-    except zipfile.BadZipFile as e:
-        raise ValueError(f"not a valid zip file ({e})") from e
+    # What a damaged zip raises: BadZipFile (a bad CRC too), zlib.error (a damaged deflate
+    # stream), EOFError (a cut one), NotImplementedError (an unknown compression method),
+    # RuntimeError (an encrypted member), struct.error and OverflowError (damaged headers).
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, NotImplementedError,
+            RuntimeError, struct.error, OverflowError) as e:
+        raise ValueError(f"not a valid zip file ({type(e).__name__}: {e})") from None
 
 
 def _install(spec: DataFile, candidate: Path, dest: Path, origin: str) -> str | None:
@@ -327,15 +414,31 @@ def fetch_data(name: str, *, data_dir_path=None, mirror=None, urls=None) -> Path
     """Return the path of a verified copy of data file `name` (see DATA_FILES); fetch it if needed.
 
     Looks in data/ first, then in the mirror folder ($COURSE_DATA_MIRROR), then downloads.
-    Raises DownloadError with what was tried and how to place the file by hand.
+    Raises DownloadError with what was tried and how to place the file by hand; TypeError or
+    ValueError (UnknownDataFileError for a name not in DATA_FILES) for arguments that cannot work.
     """
+    if not isinstance(name, str):
+        raise TypeError(f"name should be the name of a course data file (a string), one of "
+                        f"{list(DATA_FILES)}; not {type(name).__name__} {_short(name)}.")
     if name not in DATA_FILES:
-        raise KeyError(f"unknown data file {name!r}; the course's data files: {list(DATA_FILES)}")
+        close = difflib.get_close_matches(name.lower(), [n.lower() for n in DATA_FILES], 1, 0.6)
+        guess = next((n for n in DATA_FILES if close and n.lower() == close[0]), None)
+        raise UnknownDataFileError(
+            f"unknown data file {name!r}; the course's data files: {list(DATA_FILES)}"
+            + (f". Did you mean {guess!r}?" if guess else ""))
     spec = DATA_FILES[name]
-    folder = Path(data_dir_path) if data_dir_path is not None else data_dir()
+    if data_dir_path is not None:
+        folder = _folder_arg(data_dir_path, "data_dir_path")
+    else:
+        folder = _folder_arg(data_dir(), f"the data folder (${DATA_DIR_ENV} or data/)")
+    if mirror is not None and mirror != "":
+        _path_arg(mirror, "mirror")
+    urls = _url_list(urls) if urls is not None else spec.urls
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / spec.name
-    urls = tuple(urls) if urls is not None else spec.urls
+    if dest.is_dir():
+        raise ValueError(f"{dest} is a folder, where the data file {spec.name} belongs: move it "
+                         "away and call again.")
     problems = []
     if dest.exists():
         problem = _verify(spec, dest)
@@ -351,7 +454,11 @@ def fetch_data(name: str, *, data_dir_path=None, mirror=None, urls=None) -> Path
                 if problem is None:
                     return dest
                 problems.append(problem)
-        if not any(c.is_file() for c in candidates):
+        if not Path(mirror).is_dir():
+            problems.append(f"the mirror folder {mirror} ({MIRROR_ENV}) "
+                            + ("is a file, not a folder" if Path(mirror).exists()
+                               else "does not exist"))
+        elif not any(c.is_file() for c in candidates):
             problems.append(f"the mirror folder {mirror} ({MIRROR_ENV}) holds none of "
                             f"{', '.join(spec.mirror_paths)}")
     for url in urls:
@@ -397,7 +504,13 @@ def prime_tiktoken_cache(folder) -> Path:
     tiktoken names each cached file by the sha1 of its URL and checks the sha256 it pins, so the
     files are checked here first: a wrong file is refused with a clear error, never cached.
     """
-    folder, cache = Path(folder), tiktoken_cache_dir()
+    folder, cache = _path_arg(folder, "folder"), tiktoken_cache_dir()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder; pass the folder that holds GPT-2's "
+                                "encoder.json and vocab.bpe (any GPT-2 model folder).")
+    if cache.exists() and not cache.is_dir():
+        raise ValueError(f"tiktoken's cache folder {cache} ($TIKTOKEN_CACHE_DIR) is a file: "
+                         "point TIKTOKEN_CACHE_DIR at a folder.")
     for fname, (_, sha) in TIKTOKEN_GPT2_FILES.items():  # check both before caching either
         src = folder / fname
         if not src.is_file():
