@@ -34,7 +34,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow: errors only
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="course-tests-"))
 
 
+@pytest.hookimpl(tryfirst=True)  # before hypothesis' own plugin reads --hypothesis-seed
 def pytest_configure(config):
+    # every hypothesis test draws from FUZZ_SEED (or the --hypothesis-seed given)
+    if config.getoption("hypothesis_seed", None) is None:
+        config.option.hypothesis_seed = os.environ["FUZZ_SEED"]
+    else:
+        os.environ["FUZZ_SEED"] = str(config.getoption("hypothesis_seed"))
     atexit.register(shutil.rmtree, SESSION_DIR, ignore_errors=True)
     os.environ["COURSE_FAST"] = "1"
     os.environ["MPLBACKEND"] = "Agg"
@@ -48,8 +54,9 @@ def pytest_configure(config):
 
 
 def pytest_report_header(config):
-    return (f"fuzzed sweeps: hypothesis profile {settings.default.max_examples} examples per "
-            f"test, FUZZ_SEED={os.environ['FUZZ_SEED']} (set it to repeat this run)")
+    profile = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+    return (f"fuzzed sweeps: hypothesis profile {profile!r} ({settings.default.max_examples} "
+            f"examples per test), FUZZ_SEED={os.environ['FUZZ_SEED']} (set it to repeat this run)")
 
 
 def pytest_sessionstart(session):
