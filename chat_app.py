@@ -93,6 +93,9 @@ def _check_gpt(model, who, classes=None):
         hint = (" Pass its .model (a LoadedModel holds the model and its label)."
                 if isinstance(model, LoadedModel) else "")
         raise TypeError(f"{who} takes a GPTModel, not {shape_of(model)}.{hint}")
+    if model.pos_emb.weight.is_meta:
+        raise ValueError(f"{who}: the model's weights are on the meta device (built without "
+                         "memory); load its weights first (load_chat_model does).")
     outputs = getattr(model.out_head, "out_features", None)
     if classes is None and outputs != model.cfg["vocab_size"]:
         raise ValueError(f"{who} takes a language model, but this model's head has {outputs} "

@@ -40,11 +40,19 @@ def _path(value, name) -> Path:
 
 
 def _check_tokenizer(tokenizer) -> None:
-    """A tiktoken-like tokenizer: encode_ordinary, n_vocab and eot_token."""
-    if not all(hasattr(tokenizer, a) for a in ("encode_ordinary", "n_vocab", "eot_token")):
-        raise TypeError(f"tokenizer must be a tiktoken Encoding (encode_ordinary, n_vocab, "
-                        f"eot_token), such as course_data.get_gpt2_tokenizer(), not "
-                        f"{shape_of(tokenizer)}")
+    """A tiktoken-like tokenizer: n_vocab and eot_token (whole numbers), of at most 65,536 ids
+    (train.bin stores uint16), and encode_ordinary."""
+    what = ("tokenizer must be a tiktoken Encoding (encode_ordinary, n_vocab, eot_token), such as "
+            f"course_data.get_gpt2_tokenizer(), not {shape_of(tokenizer)}")
+    n_vocab, eot = getattr(tokenizer, "n_vocab", None), getattr(tokenizer, "eot_token", None)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (n_vocab, eot)):
+        raise TypeError(what)
+    if n_vocab > np.iinfo(DTYPE).max + 1:
+        raise ValueError(f"the tokenizer has {n_vocab:,} ids, more than uint16 holds "
+                         f"(65,536): train.bin stores uint16. Use GPT-2's tokenizer, or change "
+                         f"pretraining_data.DTYPE to uint32 (twice the disk).")
+    if not 0 <= eot < n_vocab or not callable(getattr(tokenizer, "encode_ordinary", None)):
+        raise TypeError(what)
 
 
 def _safe(byte: int) -> bool:
@@ -105,10 +113,6 @@ def prepare_corpus(folder, out_dir, val_fraction=0.1, tokenizer=None, progress=T
 
         tokenizer = get_gpt2_tokenizer()
     _check_tokenizer(tokenizer)
-    if tokenizer.n_vocab > np.iinfo(DTYPE).max + 1:
-        raise ValueError(f"the tokenizer has {tokenizer.n_vocab:,} ids, more than uint16 holds "
-                         f"(65,536): train.bin stores uint16. Use GPT-2's tokenizer, or change "
-                         f"pretraining_data.DTYPE to uint32 (twice the disk).")
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder; pass the folder that holds .txt files.")
     files = sorted(p for p in folder.rglob("*.txt") if p.is_file())
