@@ -242,12 +242,13 @@ class TokenWindows:
             raise ValueError(f"{path} has an odd number of bytes: it is not a uint16 token file "
                              "(or was cut short). Prepare it again with scripts/prepare_data.py.")
         self.path, self.context_length = path, context_length
-        self.ids = np.memmap(path, dtype=DTYPE, mode="r")
-        self.num_windows = (len(self.ids) - 1) // context_length
-        if self.num_windows < 1:
-            raise ValueError(f"{path} holds {len(self.ids)} tokens, fewer than one window of "
+        num_tokens = path.stat().st_size // DTYPE.itemsize
+        self.num_windows = (num_tokens - 1) // context_length
+        if self.num_windows < 1:  # (checked before mapping: an empty file cannot be mapped)
+            raise ValueError(f"{path} holds {num_tokens} tokens, fewer than one window of "
                              f"context_length + 1 = {context_length + 1}; use more text or a "
                              "shorter --context-length.")
+        self.ids = np.memmap(path, dtype=DTYPE, mode="r")
         self.seed, self.shuffle, self._perm = seed, shuffle, (None, None)
 
     def __len__(self):
