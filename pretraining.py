@@ -359,6 +359,7 @@ def train(args):
     ckpt_dir, B, T = out_dir / "checkpoints", args.batch_size, args.context_length
     train_data = TokenWindows(data_dir / "train.bin", T, seed=args.seed)
     val_data = TokenWindows(data_dir / "val.bin", T, shuffle=False)
+    vocab = read_meta(data_dir)["vocab_size"]  # (checks meta.json against the files, early)
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     model = build_model(args, say)
@@ -370,7 +371,6 @@ def train(args):
         if ckpt["tied"]:
             model.out_head.weight = model.tok_emb.weight
         model.load_state_dict(ckpt["model"])
-    vocab = read_meta(data_dir)["vocab_size"]
     if vocab > model.cfg["vocab_size"]:
         raise ValueError(f"{data_dir} was tokenized with {vocab} ids but the model has "
                          f"{model.cfg['vocab_size']}; prepare it with GPT-2's tokenizer.")
@@ -496,4 +496,7 @@ def train(args):
 
 def main(argv=None):
     """scripts/pretrain.py: parse the command line and train."""
+    if argv is not None and (isinstance(argv, str) or not all(isinstance(a, str) for a in argv)):
+        raise TypeError(f"main takes the command line as a list of str, e.g. ['--data-dir', "
+                        f"'data'], not {shape_of(argv)}")
     return train(build_parser().parse_args(argv))

@@ -377,6 +377,11 @@ CASES = [
     ("train-data-missing", lambda c: pretraining.train(parse(
         ["--data-dir", str(c.tmp / "none")])), FileNotFoundError,
      ["train.bin does not exist", "prepare_data.py"]),
+    ("main-argv-a-string", lambda c: pretraining.main("--data-dir d --out-dir o"), TypeError,
+     ["a list of str", "['--data-dir', 'data']"]),
+    ("train-meta-lies", lambda c: pretraining.train(parse(
+        ["--data-dir", str(c.meta(val_tokens=3)), "--context-length", "4"])), ValueError,
+     ["says val.bin holds 3 tokens", "prepare_data.py"]),
     ("build-model-random-unknown-size", lambda c: pretraining.build_model(
         parse(["--model", "7B"])), ValueError, ["--model '7B'", "124M"]),
     # ----- chat_app.py
