@@ -740,7 +740,9 @@ def test_fuzz_save_checkpoint_and_rng(tmp_path, args):
                     label="save_checkpoint")
     if not failed(saved):
         assert saved.name == f"step_{state['step']:08d}.pt"
-        assert pc_ckpt.load_checkpoint(saved)["step"] == state["step"]
+        assert torch.load(saved, weights_only=True)["step"] == state["step"]
+        if set(pc_ckpt.REQUIRED[1:]) <= set(state):  # a complete one (partial ones save too)
+            assert pc_ckpt.load_checkpoint(saved)["step"] == state["step"]
     before = pc_ckpt.rng_state()
     rng = args["rng"]
     result = outcome(lambda: pc_ckpt.set_rng_state(before if rng == "good" else rng),
