@@ -59,9 +59,9 @@ def _check_gpt_model(model):
             or not hasattr(model, "cfg")):
         hint = (" Pass the LoadedModel's .model." if hasattr(model, "model")
                 and isinstance(model.model, torch.nn.Module) else "")
-        raise TypeError(f"export_to_hf exports a GPTModel (previous_chapters.py); a "
-                        f"{type(model).__name__} lacks some of {', '.join(parts)} or its cfg."
-                        f"{hint}")
+        raise TypeError(f"export_to_hf exports a GPTModel (previous_chapters.py), not a "
+                        f"{type(model).__name__}, which lacks some of {', '.join(parts)} or its "
+                        f"cfg.{hint}")
     cfg = model.cfg
     missing = [k for k in CFG_KEYS if not isinstance(cfg, dict) or k not in cfg]
     if missing:
