@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from gpt_download3 import GPT2_HPARAMS, download_and_load_gpt2
+from input_checks import check_int, check_text, check_token_ids, shape_of
 from previous_chapters import (
     GPTModel,
     add_classification_head,
@@ -77,16 +78,58 @@ class LoadedModel:
     chat_tuned: bool = False
 
 
+def _check_path(value, name, optional=False):
+    """`value` if it is a str or os.PathLike (or None when optional); TypeError otherwise."""
+    if (value is None and optional) or isinstance(value, (str, os.PathLike)):
+        return value
+    raise TypeError(f"{name} must be a path or name (a str or pathlib.Path)"
+                    f"{' or None' if optional else ''}, not {shape_of(value)}")
+
+
+def _check_gpt(model, who, classes=None):
+    """`model` a GPTModel: a language model (classes None) or a classifier of `classes`."""
+    if not isinstance(model, torch.nn.Module) or not all(
+            hasattr(model, a) for a in ("cfg", "pos_emb", "out_head")):
+        hint = (" Pass its .model (a LoadedModel holds the model and its label)."
+                if isinstance(model, LoadedModel) else "")
+        raise TypeError(f"{who} takes a GPTModel, not {shape_of(model)}.{hint}")
+    if model.pos_emb.weight.is_meta:
+        raise ValueError(f"{who}: the model's weights are on the meta device (built without "
+                         "memory); load its weights first (load_chat_model does).")
+    outputs = getattr(model.out_head, "out_features", None)
+    if classes is None and outputs != model.cfg["vocab_size"]:
+        raise ValueError(f"{who} takes a language model, but this model's head has {outputs} "
+                         f"outputs, not its {model.cfg['vocab_size']} tokens: a classifier? Use "
+                         "spam_probabilities (the spam tab) for it.")
+    if classes is not None and outputs != classes:
+        raise ValueError(f"{who} takes notebook 06's spam classifier ({classes} outputs), but "
+                         f"this model's head has {outputs}: a language model? Use stream_answer "
+                         "(the chat tab) for it.")
+
+
+def _check_tokenizer(tokenizer):
+    if not all(callable(getattr(tokenizer, a, None)) for a in ("encode", "decode")):
+        raise TypeError(f"tokenizer must be GPT-2's tokenizer (course_data.get_gpt2_tokenizer()), "
+                        f"not {shape_of(tokenizer)}")
+
+
 def model_config(size, models_dir):
     """The course's GPTModel config of GPT-2 `size`: a released size ("124M", ...) or a folder
     under models_dir holding OpenAI's hparams.json (such as the tests' "tiny-test")."""
+    if not isinstance(size, str) or not size.strip():
+        raise TypeError(f"size must be a GPT-2 size such as '124M' (a str), not {shape_of(size)}")
+    _check_path(models_dir, "models_dir")
     if size in GPT2_HPARAMS:
         return config_from_hparams(GPT2_HPARAMS[size])
     path = Path(models_dir) / size / "hparams.json"
     if not path.is_file():
         raise LoadError(f"No GPT-2 size {size!r}: it is none of {', '.join(GPT2_HPARAMS)} and "
                         f"{path} does not exist. Pass the size the model was fine-tuned from.")
-    return config_from_hparams(json.loads(path.read_text(encoding="utf-8")))
+    try:
+        return config_from_hparams(json.loads(path.read_text(encoding="utf-8")))
+    except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
+        raise LoadError(f"{path} is not GPT-2's hparams.json ({type(e).__name__}: {e}); "
+                        "download the model again (download_and_load_gpt2).") from None
 
 
 def _read_state_dict(path, what, hint):
@@ -118,6 +161,9 @@ def load_chat_model(spec, models_dir=DEFAULTS["models_dir"], size=None):
     """A LoadedModel for the chat tab. `spec`: a .pth state_dict of notebook 07's fine-tuned
     GPTModel (its GPT-2 size from `size` or the name gpt2-<size>-sft.pth), a GPT-2 size in
     `models_dir` (OpenAI's files; not chat fine-tuned), or a Hugging Face GPT-2 folder."""
+    _check_path(spec, "spec")
+    _check_path(models_dir, "models_dir")
+    _check_path(size, "size", optional=True)
     spec = str(spec).strip()
     if not spec:
         raise LoadError("Name a checkpoint (.pth) or a GPT-2 size such as 124M.")
@@ -164,6 +210,9 @@ def load_chat_model(spec, models_dir=DEFAULTS["models_dir"], size=None):
 def load_spam_model(path, models_dir=DEFAULTS["models_dir"], size=DEFAULTS["spam_size"]):
     """A LoadedModel for the spam tab: notebook 06's classifier state_dict (GPT-2 `size` with
     add_classification_head's 2-class head)."""
+    _check_path(path, "path")
+    _check_path(models_dir, "models_dir")
+    _check_path(size, "size")
     path = Path(str(path).strip())
     state = _read_state_dict(path, "spam classifier", "Run notebook 06 to its end (it saves "
                              "review_classifier.pth in its out_dir), or name another checkpoint.")
@@ -178,14 +227,35 @@ def load_spam_model(path, models_dir=DEFAULTS["models_dir"], size=DEFAULTS["spam
 
 def chat_prompt(message):
     """Notebook 07's Alpaca prompt for one instruction, ending where the answer begins."""
+    check_text(message, "the message")
     return format_input({"instruction": message, "input": ""}) + "\n\n### Response:\n"
 
 
 def stream_answer(model, tokenizer, message, max_new_tokens=256, temperature=0.0, top_k=None,
                   seed=123):
     """The answer to `message` so far, after each new token (a generator of growing texts);
-    the tokens are those of generate(..., eos_id=50256) after torch.manual_seed(seed)."""
+    the tokens are those of generate(..., eos_id=50256) after torch.manual_seed(seed). The
+    arguments are checked at the call, before the first token is asked for."""
+    _check_gpt(model, "stream_answer")
+    _check_tokenizer(tokenizer)
+    if not check_text(message, "the message").strip():
+        raise ValueError("the message is empty; type an instruction, e.g. 'Name three primary "
+                         "colors.'")
+    check_int(max_new_tokens, "max_new_tokens", minimum=0)
+    if top_k is not None:
+        check_int(top_k, "top_k (or None)", minimum=1)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"temperature must be a number, not {shape_of(temperature)}")
+    if not 0 <= temperature < float("inf"):  # NaN fails too
+        raise ValueError(f"temperature must be 0 (greedy) or positive, not {temperature}")
+    check_int(seed, "seed", minimum=-(2**63), maximum=2**64 - 1)  # torch.manual_seed's range
     prompt_ids = torch.tensor([tokenizer.encode(chat_prompt(message))])  # (1, T)
+    check_token_ids(prompt_ids, model.cfg["vocab_size"], what="the prompt's token ids")
+    prompt_ids = prompt_ids.to(model.pos_emb.weight.device)
+    return _answer_stream(model, tokenizer, prompt_ids, max_new_tokens, temperature, top_k, seed)
+
+
+def _answer_stream(model, tokenizer, prompt_ids, max_new_tokens, temperature, top_k, seed):
     torch.manual_seed(seed)
     new_ids = []
     for idx_next in generate_stream(model, prompt_ids, max_new_tokens,
@@ -197,6 +267,10 @@ def stream_answer(model, tokenizer, message, max_new_tokens=256, temperature=0.0
 
 def spam_probabilities(model, tokenizer, text, max_length=DEFAULTS["spam_max_length"]):
     """{class name: probability} of one text: the softmax of classifier_logits."""
+    _check_gpt(model, "spam_probabilities", classes=len(SPAM_CLASSES))
+    _check_tokenizer(tokenizer)
+    check_text(text, "the text to classify")
+    check_int(max_length, "max_length", minimum=1)
     probs = torch.softmax(classifier_logits(text, model, tokenizer, "cpu", max_length), dim=-1)
     return {name: probs[i].item() for i, name in enumerate(SPAM_CLASSES)}
 

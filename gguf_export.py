@@ -13,11 +13,10 @@ token_embd (llama.cpp then uses it as the output layer too); tie=False adds outp
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 
-from hf_export import EOT_ID, GPT2_VOCAB_SIZE, hf_state_dict
+from hf_export import EOT_ID, GPT2_VOCAB_SIZE, _check_folder, _check_options, hf_state_dict
 
 __all__ = ["GGUF_NAMES", "export_to_gguf"]
 
@@ -60,13 +59,17 @@ def export_to_gguf(model, path, tie=True, float16=False):
     when complete. The same refusals as hf_export.export_to_hf. Returns the path."""
     import gguf
 
+    _check_options(tie, float16=float16)
+    path = _check_folder(path, "export_to_gguf")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; export_to_gguf writes one file: name it, e.g. "
+                         f"{path / 'model.gguf'}")
     tensors = hf_state_dict(model, tie=tie)  # checks the model first
     cfg = model.cfg
     if cfg["vocab_size"] != GPT2_VOCAB_SIZE:
         raise ValueError(f"the model has {cfg['vocab_size']} token embeddings, GPT-2's tokenizer "
                          f"{GPT2_VOCAB_SIZE} tokens; a GGUF file holds both, and they must agree.")
     tokens, merges = _gpt2_tokenizer()
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     writer = gguf.GGUFWriter(str(tmp), arch="gpt2")

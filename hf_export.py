@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from input_checks import check_int, shape_of
 from previous_chapters import HF_GPT2_NAMES
 
 __all__ = ["GPT2_VOCAB_SIZE", "hf_state_dict", "hf_config", "export_to_hf"]
@@ -38,12 +39,44 @@ TOKENIZER_CONFIG = {"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": Fals
                     "unk_token": "<|endoftext|>", "clean_up_tokenization_spaces": False}
 
 
+CFG_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "drop_rate")
+
+
+def _check_options(tie=True, dtype=None, **flags):
+    """tie (and any other flag) a bool, dtype None or a floating-point torch dtype."""
+    for name, value in {"tie": tie, **flags}.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, not {shape_of(value)}")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be None (keep the model's) or a floating-point torch dtype "
+                        f"such as torch.float16, not {shape_of(dtype)}")
+
+
+def _check_gpt_model(model):
+    """A GPTModel (its parts and its cfg, with the course's keys), not something else."""
+    parts = ("tok_emb", "pos_emb", "trf_blocks", "final_norm", "out_head")
+    if (not isinstance(model, torch.nn.Module) or not all(hasattr(model, p) for p in parts)
+            or not hasattr(model, "cfg")):
+        hint = (" Pass the LoadedModel's .model." if hasattr(model, "model")
+                and isinstance(model.model, torch.nn.Module) else "")
+        raise TypeError(f"export_to_hf exports a GPTModel (previous_chapters.py), not a "
+                        f"{type(model).__name__}, which lacks some of {', '.join(parts)} or its "
+                        f"cfg.{hint}")
+    cfg = model.cfg
+    missing = [k for k in CFG_KEYS if not isinstance(cfg, dict) or k not in cfg]
+    if missing:
+        raise ValueError(f"model.cfg lacks {missing}: export_to_hf needs the course's config "
+                         f"dict ({', '.join(CFG_KEYS)}), not {shape_of(cfg)}.")
+    for key in CFG_KEYS[:-1]:
+        check_int(cfg[key], f"model.cfg[{key!r}]", minimum=1)
+    if model.tok_emb.weight.is_meta:
+        raise ValueError("the model's weights are on the meta device (built without memory): "
+                         "load its weights first, e.g. with load_weights_into_gpt.")
+
+
 def _refuse_what_gpt2_cannot_hold(model):
     """Raise a clear error for a model that GPT2LMHeadModel's format cannot express."""
-    parts = ("tok_emb", "pos_emb", "trf_blocks", "final_norm", "out_head")
-    if not all(hasattr(model, p) for p in parts) or not hasattr(model, "cfg"):
-        raise TypeError(f"export_to_hf exports a GPTModel (previous_chapters.py); a "
-                        f"{type(model).__name__} lacks some of {', '.join(parts)} or its cfg.")
+    _check_gpt_model(model)
     if any(n.endswith(".packed") for n, _ in model.named_buffers()):
         raise ValueError("the model has 4-bit layers (qlora.LinearNF4), which hold only an "
                          "approximation of the weights. Load the base model in full precision, "
@@ -89,6 +122,7 @@ def hf_state_dict(model, tie=True, dtype=None):
     """{name: tensor} of GPT2LMHeadModel ("transformer.h.0.attn.c_attn.weight", ...) holding
     `model`'s weights, as new CPU tensors (in `dtype` if given). Shapes are checked against the
     model's cfg, so a model that does not fit its config is refused by name."""
+    _check_options(tie, dtype)
     _refuse_what_gpt2_cannot_hold(model)
     if tie and not _heads_are_tied(model):
         raise ValueError(
@@ -142,6 +176,8 @@ def hf_state_dict(model, tie=True, dtype=None):
 
 def hf_config(model, tie=True, dtype=None):
     """The config.json of GPT2LMHeadModel for `model` (a GPTModel)."""
+    _check_options(tie, dtype)
+    _check_gpt_model(model)
     cfg = model.cfg
     dtype = dtype or model.tok_emb.weight.dtype
     return {
@@ -173,6 +209,21 @@ def _is_an_export(folder):
     return config.get("model_type") == "gpt2" and (folder / "model.safetensors").is_file()
 
 
+def _check_folder(path, who):
+    """`path` as a Path (a str or os.PathLike), whose closest existing ancestor is a folder."""
+    if not isinstance(path, (str, os.PathLike)) or (isinstance(path, str) and not path.strip()):
+        raise TypeError(f"{who} writes to a path: a str or pathlib.Path naming it, not "
+                        f"{shape_of(path)}")
+    path = Path(path)
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{parent} is a file, so {path} cannot be created in it; choose "
+                                 "a path under a folder.")
+            break
+    return path
+
+
 def export_to_hf(model, folder, tie=True, dtype=None, tokenizer=True):
     """Write `model` (a GPTModel with GPT-2's shapes) to `folder` in the Hugging Face format:
     config.json, model.safetensors and, with tokenizer=True, GPT-2's tokenizer (vocab.json,
@@ -183,6 +234,8 @@ def export_to_hf(model, folder, tie=True, dtype=None, tokenizer=True):
     replaced only if it is empty or an earlier export. Returns the folder's Path."""
     from safetensors.torch import save_file
 
+    _check_options(tie, dtype, tokenizer=tokenizer)
+    folder = _check_folder(folder, "export_to_hf")
     tensors = hf_state_dict(model, tie=tie, dtype=dtype)  # every check before any write
     config = hf_config(model, tie=tie, dtype=dtype)
     vocab = model.cfg["vocab_size"]
@@ -191,7 +244,10 @@ def export_to_hf(model, folder, tie=True, dtype=None, tokenizer=True):
                          f"{GPT2_VOCAB_SIZE} tokens of GPT-2's tokenizer, so the tokenizer "
                          "would produce ids the model cannot embed. Export with tokenizer=False "
                          "and ship the tokenizer that model was trained with.")
-    folder = Path(folder)
+    if folder.is_file():
+        raise FileExistsError(f"{folder} is a file, not a folder: export_to_hf writes a folder "
+                              "(config.json, model.safetensors, ...). Name a folder that does not "
+                              "exist yet, or delete the file.")
     if folder.exists() and not (folder.is_dir() and _is_an_export(folder)):
         raise FileExistsError(f"{folder} exists and is not an earlier export (config.json and "
                               "model.safetensors of a GPT-2); choose another folder, or delete it.")

@@ -29,12 +29,25 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from input_checks import check_int, shape_of
 from pretraining_checkpoints import latest_checkpoint, rng_state, save_checkpoint, set_rng_state
 from pretraining_data import TokenWindows, read_meta
 from previous_chapters import GPTModel, fused_cross_entropy
 
 __all__ = ["lr_at", "param_groups", "pick_device", "build_model", "batch_loss", "build_parser",
            "train", "main"]
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _number(value, name, minimum=0.0):
+    """`value` as a finite float of at least `minimum` (a learning rate, a weight decay...)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, not {shape_of(value)}")
+    if not minimum <= value < math.inf:  # NaN fails too
+        raise ValueError(f"{name} must be a finite number of at least {minimum}, not {value}")
+    return float(value)
+
 
 LOG_FIELDS = ["step", "tokens_seen", "lr", "train_loss", "grad_norm", "val_loss", "tokens_per_s",
               "elapsed_s"]
@@ -44,6 +57,14 @@ def lr_at(step, max_lr, min_lr, warmup_steps, max_steps, initial_lr=0.0):
     """The learning rate of step `step` (0-based): linear from initial_lr to max_lr over
     warmup_steps, then a half cosine from max_lr down to min_lr at max_steps (the book's
     appendix D: lr = min + (max - min) * 0.5 * (1 + cos(pi * progress)))."""
+    check_int(step, "step", minimum=0)
+    max_steps = check_int(max_steps, "max_steps", minimum=1)
+    check_int(warmup_steps, "warmup_steps", minimum=0, maximum=max_steps)
+    for value, name in ((max_lr, "max_lr"), (min_lr, "min_lr"), (initial_lr, "initial_lr")):
+        _number(value, name)
+    if min_lr > max_lr:
+        raise ValueError(f"min_lr {min_lr} is above the peak max_lr {max_lr}; the cosine decays "
+                         "from max_lr down to min_lr.")
     if step < warmup_steps:
         return initial_lr + (max_lr - initial_lr) * step / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
@@ -53,6 +74,9 @@ def lr_at(step, max_lr, min_lr, warmup_steps, max_steps, initial_lr=0.0):
 def param_groups(model, weight_decay):
     """AdamW groups: weight decay on the matrices (>= 2-D: linear weights, embeddings), none on
     biases and LayerNorm scales/shifts. A tied weight appears once."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"param_groups takes the model (an nn.Module), not {shape_of(model)}")
+    _number(weight_decay, "weight_decay")
     params = [p for p in model.parameters() if p.requires_grad]  # shared tensors once
     return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
@@ -60,6 +84,17 @@ def param_groups(model, weight_decay):
 
 def pick_device(name="auto", local_rank=0):
     """cuda (this rank's GPU) -> mps -> cpu, or the device named."""
+    if not isinstance(name, str) or name not in DEVICES:
+        raise ValueError(f"the device must be one of {', '.join(DEVICES)}, not {shape_of(name)}")
+    local_rank = check_int(local_rank, "local_rank (LOCAL_RANK)", minimum=0)
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: PyTorch sees no CUDA GPU here; use --device auto or cpu.")
+    if name == "cuda" and local_rank >= torch.cuda.device_count():
+        raise ValueError(f"LOCAL_RANK {local_rank}, but this machine has "
+                         f"{torch.cuda.device_count()} GPU(s); start fewer processes per node.")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps: MPS (Apple GPU) is not available here; use --device auto "
+                         "or cpu.")
     if name == "auto":
         name = ("cuda" if torch.cuda.is_available() else
                 "mps" if torch.backends.mps.is_available() else "cpu")
@@ -76,6 +111,9 @@ def build_model(args, log=print):
     from gpt_download3 import GPT2_HPARAMS, download_and_load_gpt2
     from previous_chapters import config_from_hparams, gpt_from_pretrained, load_weights_into_gpt
 
+    _check_args(args)
+    if not callable(log):
+        raise TypeError(f"log must be a function such as print, not {shape_of(log)}")
     if args.init == "random":
         if args.model not in GPT2_HPARAMS:
             raise ValueError(f"--model {args.model!r}: random weights need one of GPT-2's sizes "
@@ -110,6 +148,12 @@ def build_model(args, log=print):
 def batch_loss(model, input_batch, target_batch, bf16=False):
     """calc_loss_batch's mean next-token cross-entropy (notebook 04), with the forward pass
     under bf16 autocast if asked; the loss itself is taken in fp32 (.float() is a no-op in fp32)."""
+    if not isinstance(bf16, bool):
+        raise TypeError(f"bf16 must be True or False, not {shape_of(bf16)}")
+    if not (isinstance(input_batch, torch.Tensor) and isinstance(target_batch, torch.Tensor)
+            and input_batch.shape == target_batch.shape):
+        raise ValueError(f"the inputs and targets of a batch must be tensors of one shape (B, T), "
+                         f"not {shape_of(input_batch)} and {shape_of(target_batch)}")
     device = input_batch.device
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         logits = model(input_batch)  # (B, T, V)
@@ -178,17 +222,49 @@ def build_parser():
 
 
 def _check_args(args):
+    """Every option train() reads, checked before anything starts (a Namespace built by hand,
+    or edited after build_parser().parse_args, gets the same checks as the command line)."""
+    from pretraining_data import SEED_MAX
+
+    dests = [a.dest for a in build_parser()._actions if a.dest != "help"]
+    missing = [d for d in dests if not hasattr(args, d)]
+    if missing:
+        raise TypeError(f"train takes build_parser().parse_args([...])'s Namespace; "
+                        f"{shape_of(args)} lacks {missing[:4]}{' ...' if len(missing) > 4 else ''}")
+
+    def flag(key):
+        return f"--{key.replace('_', '-')}"
+
+    for key in ("data_dir", "out_dir", "model", "init", "models_dir", "sample_prompt"):
+        if not isinstance(getattr(args, key), (str, os.PathLike)):
+            raise TypeError(f"{flag(key)} must be a str, not {shape_of(getattr(args, key))}")
+    for key in ("resume", "bf16"):
+        if not isinstance(getattr(args, key), bool):
+            raise TypeError(f"{flag(key)} must be True or False, not "
+                            f"{shape_of(getattr(args, key))}")
     for key in ("context_length", "batch_size", "accum", "max_steps", "eval_batches",
                 "log_every"):
-        if getattr(args, key) < 1:
-            raise ValueError(f"--{key.replace('_', '-')} must be at least 1, not "
-                             f"{getattr(args, key)}")
+        check_int(getattr(args, key), flag(key), minimum=1)
+    for key in ("eval_every", "ckpt_every", "keep", "sample_tokens"):
+        check_int(getattr(args, key), flag(key) + " (0: never/all)", minimum=0)
+    for key in ("emb_dim", "n_layers", "n_heads", "threads", "stop_after"):
+        if getattr(args, key) is not None:
+            check_int(getattr(args, key), flag(key), minimum=1)
+    check_int(args.seed, "--seed", minimum=0, maximum=SEED_MAX)
+    check_int(args.warmup_steps, "--warmup-steps", minimum=0)
     if not 0 <= args.warmup_steps <= args.max_steps:
         raise ValueError(f"--warmup-steps {args.warmup_steps} must be in 0..--max-steps")
-    if args.eval_every < 0 or args.ckpt_every < 0:
-        raise ValueError("--eval-every and --ckpt-every must be 0 (never) or positive")
+    for key in ("lr", "min_lr", "initial_lr", "weight_decay", "grad_clip"):
+        _number(getattr(args, key), flag(key))
+    if isinstance(args.dropout, bool) or not isinstance(args.dropout, (int, float)):
+        raise TypeError(f"--dropout must be a number, not {shape_of(args.dropout)}")
+    if not 0.0 <= args.dropout < 1.0:
+        raise ValueError(f"--dropout must be in 0..1 (1 excluded: every activation dropped), "
+                         f"not {args.dropout}")
     if args.min_lr > args.lr:
         raise ValueError(f"--min-lr {args.min_lr} is above the peak --lr {args.lr}")
+    if args.device not in DEVICES:
+        raise ValueError(f"--device must be one of {', '.join(DEVICES)}, not {args.device!r}")
 
 
 def _setup_distributed(device_name):
@@ -283,6 +359,7 @@ def train(args):
     ckpt_dir, B, T = out_dir / "checkpoints", args.batch_size, args.context_length
     train_data = TokenWindows(data_dir / "train.bin", T, seed=args.seed)
     val_data = TokenWindows(data_dir / "val.bin", T, shuffle=False)
+    vocab = read_meta(data_dir)["vocab_size"]  # (checks meta.json against the files, early)
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     model = build_model(args, say)
@@ -294,7 +371,6 @@ def train(args):
         if ckpt["tied"]:
             model.out_head.weight = model.tok_emb.weight
         model.load_state_dict(ckpt["model"])
-    vocab = read_meta(data_dir)["vocab_size"]
     if vocab > model.cfg["vocab_size"]:
         raise ValueError(f"{data_dir} was tokenized with {vocab} ids but the model has "
                          f"{model.cfg['vocab_size']}; prepare it with GPT-2's tokenizer.")
@@ -420,4 +496,7 @@ def train(args):
 
 def main(argv=None):
     """scripts/pretrain.py: parse the command line and train."""
+    if argv is not None and (isinstance(argv, str) or not all(isinstance(a, str) for a in argv)):
+        raise TypeError(f"main takes the command line as a list of str, e.g. ['--data-dir', "
+                        f"'data'], not {shape_of(argv)}")
     return train(build_parser().parse_args(argv))

@@ -22,10 +22,37 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from input_checks import check_int, shape_of
+
 __all__ = ["DTYPE", "prepare_corpus", "read_meta", "TokenWindows"]
 
 DTYPE = np.dtype("<u2")  # uint16, little-endian: GPT-2's 50,257 ids fit (at most 65,536)
 CHUNK_BYTES = 4 << 20  # bytes read and tokenized at a time
+SEED_MAX = 2**32 - 1  # a window order's seed: seed * 1_000_003 + epoch fits torch's 64 bits
+
+
+def _path(value, name) -> Path:
+    """`value` (a str or os.PathLike) as a Path; TypeError for anything else."""
+    if not isinstance(value, (str, os.PathLike)) or (isinstance(value, str)
+                                                     and not value.strip()):
+        raise TypeError(f"{name} must be a path (a str or pathlib.Path), not {shape_of(value)}")
+    return Path(value)
+
+
+def _check_tokenizer(tokenizer) -> None:
+    """A tiktoken-like tokenizer: n_vocab and eot_token (whole numbers), of at most 65,536 ids
+    (train.bin stores uint16), and encode_ordinary."""
+    what = ("tokenizer must be a tiktoken Encoding (encode_ordinary, n_vocab, eot_token), such as "
+            f"course_data.get_gpt2_tokenizer(), not {shape_of(tokenizer)}")
+    n_vocab, eot = getattr(tokenizer, "n_vocab", None), getattr(tokenizer, "eot_token", None)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (n_vocab, eot)):
+        raise TypeError(what)
+    if n_vocab > np.iinfo(DTYPE).max + 1:
+        raise ValueError(f"the tokenizer has {n_vocab:,} ids, more than uint16 holds "
+                         f"(65,536): train.bin stores uint16. Use GPT-2's tokenizer, or change "
+                         f"pretraining_data.DTYPE to uint32 (twice the disk).")
+    if not 0 <= eot < n_vocab or not callable(getattr(tokenizer, "encode_ordinary", None)):
+        raise TypeError(what)
 
 
 def _safe(byte: int) -> bool:
@@ -75,23 +102,29 @@ def prepare_corpus(folder, out_dir, val_fraction=0.1, tokenizer=None, progress=T
     `val_fraction` of the tokens is the validation split. Returns the summary in meta.json."""
     from tqdm import tqdm
 
+    folder, out_dir = _path(folder, "folder"), _path(out_dir, "out_dir")
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)):
+        raise TypeError(f"val_fraction must be a number between 0 and 1, not "
+                        f"{shape_of(val_fraction)}")
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), not {val_fraction}")
     if tokenizer is None:
         from course_data import get_gpt2_tokenizer
 
         tokenizer = get_gpt2_tokenizer()
-    folder, out_dir = Path(folder), Path(out_dir)
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), not {val_fraction}")
-    if tokenizer.n_vocab > np.iinfo(DTYPE).max + 1:
-        raise ValueError(f"the tokenizer has {tokenizer.n_vocab:,} ids, more than uint16 holds "
-                         f"(65,536): train.bin stores uint16. Use GPT-2's tokenizer, or change "
-                         f"pretraining_data.DTYPE to uint32 (twice the disk).")
+    _check_tokenizer(tokenizer)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder; pass the folder that holds .txt files.")
     files = sorted(p for p in folder.rglob("*.txt") if p.is_file())
     if not files:
         raise ValueError(f"{folder} holds no .txt files (searched its subfolders too); put the "
                          "texts there as UTF-8 .txt files, one document per file.")
+    for parent in (out_dir, *out_dir.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"out_dir {out_dir}: {parent} is a file, not a folder; choose "
+                                 "a folder for train.bin, val.bin and meta.json.")
+            break
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp_train, tmp_val = out_dir / "train.bin.tmp", out_dir / "val.bin.tmp"
     total_bytes = sum(p.stat().st_size for p in files)
@@ -143,11 +176,49 @@ def prepare_corpus(folder, out_dir, val_fraction=0.1, tokenizer=None, progress=T
 
 
 def read_meta(data_dir) -> dict:
-    """meta.json of a prepared folder; a missing one (a folder prepared elsewhere) means GPT-2."""
-    path = Path(data_dir) / "meta.json"
+    """meta.json of a prepared folder; a missing one (a folder prepared elsewhere) means GPT-2.
+    ValueError, naming the file, for a meta.json that is damaged, lacks what the training reads,
+    or disagrees with the token files beside it (their size in tokens)."""
+    data_dir = _path(data_dir, "data_dir")
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"{data_dir} is not a folder; pass the folder that "
+                                "scripts/prepare_data.py wrote (train.bin, val.bin, meta.json).")
+    path = data_dir / "meta.json"
     if not path.is_file():
         return {"vocab_size": 50257, "eot_token": 50256, "dtype": DTYPE.str}
-    return json.loads(path.read_text(encoding="utf-8"))
+    again = "Prepare the folder again with scripts/prepare_data.py."
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        where = f", line {e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
+        raise ValueError(f"{path} is not readable JSON ({type(e).__name__}{where}): damaged or "
+                         f"not prepare_corpus's meta.json. {again}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} holds {shape_of(meta)}, not prepare_corpus's summary (a JSON "
+                         f"object). {again}")
+    for key, low in (("vocab_size", 1), ("eot_token", 0)):
+        if key not in meta:
+            raise ValueError(f"{path} lacks {key!r}. {again}")
+        try:
+            check_int(meta[key], f"{path}: {key}", minimum=low)
+        except TypeError as e:
+            raise ValueError(f"{e}. {again}") from None
+    if meta["eot_token"] >= meta["vocab_size"]:
+        raise ValueError(f"{path}: eot_token {meta['eot_token']} is not an id of its vocabulary "
+                         f"of {meta['vocab_size']}. {again}")
+    if meta.get("dtype", DTYPE.str) != DTYPE.str:
+        raise ValueError(f"{path}: the token files hold {meta['dtype']!r}, but this code reads "
+                         f"{DTYPE.str!r} (little-endian uint16). {again}")
+    for split in ("train", "val"):
+        count, file = meta.get(f"{split}_tokens"), data_dir / f"{split}.bin"
+        if count is None or not file.is_file():
+            continue
+        size = file.stat().st_size
+        if isinstance(count, bool) or not isinstance(count, int) or count * DTYPE.itemsize != size:
+            raise ValueError(f"{path} says {file.name} holds {count!r} tokens, but the file has "
+                             f"{size:,} bytes ({size / DTYPE.itemsize:,.1f} tokens): one of them "
+                             f"is from another run, or cut short. {again}")
+    return meta
 
 
 class TokenWindows:
@@ -157,19 +228,27 @@ class TokenWindows:
     shuffle=False keeps file order (the fixed validation sample)."""
 
     def __init__(self, path, context_length: int, seed: int = 0, shuffle: bool = True):
-        path = Path(path)
+        path = _path(path, "path")
+        context_length = check_int(context_length, "context_length", minimum=1)
+        seed = check_int(seed, "seed", minimum=0, maximum=SEED_MAX)
+        if not isinstance(shuffle, bool):
+            raise TypeError(f"shuffle must be True or False, not {shape_of(shuffle)}")
+        if path.is_dir():
+            raise ValueError(f"{path} is a folder; TokenWindows reads one token file, such as "
+                             f"{path / 'train.bin'}.")
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist; make it with scripts/prepare_data.py.")
         if path.stat().st_size % DTYPE.itemsize:
             raise ValueError(f"{path} has an odd number of bytes: it is not a uint16 token file "
                              "(or was cut short). Prepare it again with scripts/prepare_data.py.")
         self.path, self.context_length = path, context_length
-        self.ids = np.memmap(path, dtype=DTYPE, mode="r")
-        self.num_windows = (len(self.ids) - 1) // context_length
-        if self.num_windows < 1:
-            raise ValueError(f"{path} holds {len(self.ids)} tokens, fewer than one window of "
+        num_tokens = path.stat().st_size // DTYPE.itemsize
+        self.num_windows = (num_tokens - 1) // context_length
+        if self.num_windows < 1:  # (checked before mapping: an empty file cannot be mapped)
+            raise ValueError(f"{path} holds {num_tokens} tokens, fewer than one window of "
                              f"context_length + 1 = {context_length + 1}; use more text or a "
                              "shorter --context-length.")
+        self.ids = np.memmap(path, dtype=DTYPE, mode="r")
         self.seed, self.shuffle, self._perm = seed, shuffle, (None, None)
 
     def __len__(self):
@@ -177,6 +256,7 @@ class TokenWindows:
 
     def window_start(self, sample: int) -> int:
         """The first token of sample number `sample`."""
+        sample = check_int(sample, "sample", minimum=0, maximum=2**62)
         epoch, i = divmod(sample, self.num_windows)
         if not self.shuffle:
             return i * self.context_length
@@ -188,6 +268,8 @@ class TokenWindows:
     def batch(self, first_sample: int, batch_size: int):
         """Samples first_sample .. first_sample + batch_size - 1 as (inputs, targets), (B, T)
         int64 tensors each, targets the inputs shifted by one token."""
+        first_sample = check_int(first_sample, "first_sample", minimum=0, maximum=2**62)
+        batch_size = check_int(batch_size, "batch_size", minimum=1)
         rows = [self.ids[s:s + self.context_length + 1]
                 for s in map(self.window_start, range(first_sample, first_sample + batch_size))]
         xy = torch.from_numpy(np.stack(rows).astype(np.int64))  # (B, T + 1)
