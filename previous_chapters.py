@@ -166,10 +166,10 @@ class BytePairTokenizer:
 
     def decode(self, ids) -> str:
         """The text of `ids`: their bytes joined and read as UTF-8 (a split character -> U+FFFD)."""
-        if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__") or (
-                isinstance(ids, torch.Tensor) and ids.dim() != 1):
+        if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__") or getattr(
+                ids, "ndim", 1) != 1:  # ndim: a tensor or array of ids must be flat
             raise TypeError(f"decode takes a list of token ids, not {shape_of(ids)}")
-        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
         unknown = [i for i in ids if isinstance(i, bool) or not isinstance(i, numbers.Integral)
                    or i not in self.vocab]
         if unknown:
