@@ -214,6 +214,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
     tied original (as many as the original counted without sharing, which is what state_dict and
     named_parameters(remove_duplicate=False) show).
     """
+    _check_model(model, "merge_lora")
     if not lora_layers(model):
         raise ValueError(f"this {type(model).__name__} has no LoRA layers to merge (merged "
                          "already, or never wrapped): merge_lora folds in what "
@@ -275,6 +276,7 @@ def save_lora_adapter(model: nn.Module, path, **extra) -> Path:
     `extra` (JSON values: epoch, accuracy, ...) is stored alongside. Returns the path."""
     from safetensors.torch import save_file
 
+    _check_model(model, "save_lora_adapter")
     path = _adapter_path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a folder; save to a file in it, e.g. "
@@ -291,6 +293,9 @@ def save_lora_adapter(model: nn.Module, path, **extra) -> Path:
         raise ValueError(f"an adapter file holds one rank and alpha for all layers; this model has "
                          f"several (rank, alpha): {sorted(ranks)}.")
     (rank, alpha), = ranks
+    if any(m.lora.A.device.type == "meta" for m in layers.values()):
+        raise ValueError("the model's LoRA layers are on the meta device (shapes, no values): "
+                         "there is nothing to save; build the model with real weights and train.")
     config = {"rank": rank, "alpha": alpha,
               "layers": {name: [m.in_features, m.out_features] for name, m in layers.items()},
               "base_layers": _linear_shapes(model)}
@@ -319,6 +324,9 @@ def _adapter_path(path) -> Path:
     if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes) or not str(path):
         raise TypeError(f"the adapter's path must be a str or a Path (e.g. "
                         f"'adapter.safetensors'), not {shape_of(path)}")
+    if "\0" in str(path):
+        raise ValueError(f"the adapter's path {str(path)!r} holds a NUL character, which no file "
+                         "name can; pass the path of a file such as 'adapter.safetensors'.")
     return Path(path)
 
 
@@ -395,6 +403,10 @@ def load_lora_adapter(model: nn.Module, path) -> nn.Module:
     model already wrapped with the same layers and rank (A and B are overwritten). In place;
     returns the model. Everything is checked first: a refused adapter leaves the model untouched."""
     _check_model(model, "load_lora_adapter")
+    if any(t.device.type == "meta" for t in [*model.parameters(), *model.buffers()]):
+        raise ValueError("the model is on the meta device (shapes, no values): the adapter would "
+                         "be copied into nothing. Load the base model's weights first "
+                         "(load_weights_into_gpt, or load_state_dict(..., assign=True)).")
     config, tensors = read_lora_adapter(path)
     rank, alpha, layers = config["rank"], config["alpha"], config["layers"]
     here = _linear_shapes(model)

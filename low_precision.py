@@ -113,10 +113,13 @@ class Int8Linear(nn.Module):
         _check_kernel(kernel)
         if device is not None:
             try:
-                device = torch.device(device)
-            except (RuntimeError, TypeError):
-                raise ValueError(f"device must be a torch device such as 'cpu', not "
-                                 f"{shape_of(device)}") from None
+                where = torch.device(device)
+            except (RuntimeError, TypeError, ValueError, OverflowError):
+                where = None
+            if where is None or where.type not in ("cpu", "meta"):
+                raise ValueError(f"device must be 'cpu' (Int8Linear computes on the CPU; 'meta' "
+                                 f"for the structure only), not {shape_of(device)}")
+            device = where
         if kernel == "auto":
             kernel = "dynamic" if int8_engine() else "reference"
             if kernel == "reference":
@@ -346,6 +349,7 @@ def weight_errors(model: nn.Module) -> list:
     rows = []
     for name, m in model.named_modules():
         if type(m) is nn.Linear:
+            _check_finite(m.weight, f"{name}.weight")
             w = m.weight.detach().float()
             norm = w.norm()
             rows.append({"name": name,

@@ -214,12 +214,19 @@ def _check_nf4(q, who) -> None:
                          f"not the {q.numel} of shape {tuple(q.shape)} in blocks of "
                          f"{q.block_size}. Quantize the weight again with quantize_nf4.")
     if q.absmax is None:
-        groups = -(-n_blocks // q.dq_block_size) if type(q.dq_block_size) is int and \
-            q.dq_block_size > 0 else None
+        if type(q.dq_block_size) is not int or q.dq_block_size < 1:
+            raise ValueError(f"{bad}: dq_block_size {q.dq_block_size!r} is not a whole number "
+                             "of at least 1")
+        groups = -(-n_blocks // q.dq_block_size)
         parts = [("absmax_q", q.absmax_q, (torch.int8,), n_blocks),
                  ("absmax_scale", q.absmax_scale, (torch.float32,), groups),
                  ("absmax_mean", q.absmax_mean, (torch.float32,), 1)]
     else:
+        extra = [name for name in ("absmax_q", "absmax_scale", "absmax_mean")
+                 if getattr(q, name) is not None]
+        if extra:
+            raise ValueError(f"{bad}: it has the scales absmax and also {extra}, which only a "
+                             "double-quantized NF4Tensor (absmax None) has")
         parts = [("absmax", q.absmax, (torch.float32, torch.float16, torch.bfloat16), n_blocks)]
     for name, t, dtypes, count in parts:
         if not (isinstance(t, torch.Tensor) and t.dtype in dtypes and t.dim() <= 1
@@ -242,6 +249,7 @@ def quantize_absmax_int8(values: torch.Tensor, block_size: int = 256):
                          f"scales), not shape {tuple(values.shape)}")
     _check_values(values, "quantize_absmax_int8's values")
     block_size = check_int(block_size, "block_size", minimum=1)
+    values = values.float()  # the scales and the mean in float32, whatever came in
     mean = values.mean()
     centred = values - mean  # the absmaxes are all positive: centre them for a symmetric code
     n = centred.numel()
@@ -263,6 +271,11 @@ def dequantize_absmax_int8(codes, scales, mean, block_size: int = 256) -> torch.
             isinstance(mean, torch.Tensor) and (mean.numel() != 1 or not mean.is_floating_point())):
         raise TypeError(f"mean must be a number (a float tensor of one value), not "
                         f"{shape_of(mean)}")
+    if not isinstance(mean, torch.Tensor):
+        try:
+            mean = float(mean)
+        except OverflowError:
+            raise ValueError(f"mean {mean} is too large for a float") from None
     if codes.dtype != torch.int8 or codes.dim() != 1 or scales.dim() != 1:
         raise ValueError(f"dequantize_absmax_int8 takes int8 codes (n,) and scales (n_groups,), "
                          f"as quantize_absmax_int8 returns them, not {shape_of(codes)} and "
@@ -466,11 +479,6 @@ def quantize_model_nf4(model: nn.Module, block_size: int = 64, double_quant: boo
     for name, param in model.named_parameters(remove_duplicate=False):
         owners.setdefault(param, []).append(name)
     linears = [(name, m) for name, m in model.named_modules() if type(m) is nn.Linear]
-    if not linears:
-        done = any(isinstance(m, LinearNF4) for m in model.modules())
-        raise ValueError(f"this {type(model).__name__} has no nn.Linear layer to quantize"
-                         + (" (it is quantized already: its layers are LinearNF4)" if done else "")
-                         + "; quantize a freshly loaded full-precision model.")
     for name, linear in linears:  # every weight checked before any layer is swapped
         if not any(name == s or name.startswith(s + ".") for s in skip):
             _check_values(linear.weight, f"{name}.weight")
@@ -491,6 +499,13 @@ def quantize_model_nf4(model: nn.Module, block_size: int = 64, double_quant: boo
         summary["quantized"].append(name)
         summary["linear_bytes_fp32"] += linear.weight.numel() * 4
         summary["linear_bytes_nf4"] += layer.stored_bytes()
+    if not summary["quantized"]:  # nothing was changed
+        if any(isinstance(m, LinearNF4) for m in model.modules()):
+            raise ValueError(f"this {type(model).__name__} is quantized already (its layers are "
+                             f"LinearNF4; left in full precision: {summary['kept']}); quantize a "
+                             "freshly loaded full-precision model.")
+        if not linears:
+            raise ValueError(f"this {type(model).__name__} has no nn.Linear layer to quantize.")
     summary["model_bytes_after"] = model_bytes(model)
     return summary
 
