@@ -188,16 +188,20 @@ def replace_linear_with_lora(model: nn.Module, rank: int, alpha: float,
     if lora_layers(model):
         raise ValueError("this model already has LoRA layers; load a fresh model (or merge_lora "
                          "first) before calling replace_linear_with_lora again.")
-    model.requires_grad_(False)
-    wrapped = {}  # a layer used in two places gets one wrapper
-    for _, parent, attr, child in list(_walk(model)):
-        if isinstance(child, layer_types):
-            if id(child) not in wrapped:
-                wrapped[id(child)] = LinearWithLoRA(child, rank, alpha)
-            setattr(parent, attr, wrapped[id(child)])  # nn.Sequential's "0" works the same
-    if not wrapped:
+    targets = [(name, parent, attr, child) for name, parent, attr, child in _walk(model)
+               if isinstance(child, layer_types)]
+    if not targets:  # refused before anything is frozen
         names = " or ".join("nn.Linear" if t is nn.Linear else t.__name__ for t in layer_types)
         raise ValueError(f"{type(model).__name__} has no {names} layer to put a LoRA beside.")
+    for name, _, _, child in targets:
+        for size in ("in_features", "out_features"):
+            check_int(getattr(child, size), f"{name}.{size}", minimum=1)
+    model.requires_grad_(False)
+    wrapped = {}  # a layer used in two places gets one wrapper
+    for _, parent, attr, child in targets:
+        if id(child) not in wrapped:
+            wrapped[id(child)] = LinearWithLoRA(child, rank, alpha)
+        setattr(parent, attr, wrapped[id(child)])  # nn.Sequential's "0" works the same
     return model
 
 

@@ -200,7 +200,9 @@ class Int8Linear(nn.Module):
             self._pack()
         # quantizes x to 8 bits (7 of range: reduce_range, PyTorch's default for fbgemm and
         # qnnpack), multiplies integers, applies both scales and adds the fp32 bias
-        return torch.ops.quantized.linear_dynamic(x.contiguous(), self._packed, True)
+        x2d = x.reshape(-1, self.in_features)  # (..., in) -> (N, in): the op wants 2 dims
+        out = torch.ops.quantized.linear_dynamic(x2d.contiguous(), self._packed, True)
+        return out.view(*x.shape[:-1], self.out_features)  # (N, out) -> (..., out)
 
     def stored_bytes(self) -> int:
         """Bytes of the weights, scales and bias as this layer keeps them."""

@@ -143,7 +143,8 @@ def pack_4bit(indices: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"pack_4bit takes a flat tensor of an even length, not shape "
                          f"{tuple(indices.shape)}")
     if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) > 15):
-        raise ValueError("4-bit indices must lie in 0..15")
+        raise ValueError(f"4-bit indices must lie in 0..15, not {int(indices.min())}.."
+                         f"{int(indices.max())}")
     pairs = indices.to(torch.uint8).view(-1, 2)  # (N,) -> (N/2, 2)
     return (pairs[:, 0] << 4) | pairs[:, 1]
 
@@ -299,7 +300,7 @@ def quantize_nf4(weight: torch.Tensor, block_size: int = 64, double_quant: bool 
         raise TypeError(f"quantize_nf4 takes a floating-point tensor, not {type(weight).__name__}"
                         f"{'' if not torch.is_tensor(weight) else ' of ' + str(weight.dtype)}")
     if weight.numel() == 0:
-        raise ValueError("cannot quantize an empty tensor")
+        raise ValueError(f"cannot quantize an empty tensor (shape {tuple(weight.shape)})")
     block_size, dq_block_size = _check_quant_settings(block_size, double_quant, dq_block_size)
     _check_values(weight, "the weight to quantize")
     flat = weight.detach().to(torch.float32).reshape(-1)
@@ -501,9 +502,9 @@ def quantize_model_nf4(model: nn.Module, block_size: int = 64, double_quant: boo
         summary["linear_bytes_nf4"] += layer.stored_bytes()
     if not summary["quantized"]:  # nothing was changed
         if any(isinstance(m, LinearNF4) for m in model.modules()):
+            kept = f"; kept in full precision: {summary['kept']}" if summary["kept"] else ""
             raise ValueError(f"this {type(model).__name__} is quantized already (its layers are "
-                             f"LinearNF4; left in full precision: {summary['kept']}); quantize a "
-                             "freshly loaded full-precision model.")
+                             f"LinearNF4{kept}); quantize a freshly loaded full-precision model.")
         if not linears:
             raise ValueError(f"this {type(model).__name__} has no nn.Linear layer to quantize.")
     summary["model_bytes_after"] = model_bytes(model)

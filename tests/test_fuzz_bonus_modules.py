@@ -15,6 +15,7 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from hypothesis import strategies as st
 
 import previous_chapters as pc
@@ -431,6 +432,27 @@ def test_a_refused_replace_or_quantization_leaves_the_model_as_it_was():
         assert same_state(model, before)
 
 
+def test_a_model_without_the_layers_to_wrap_is_not_frozen_by_the_refusal():
+    """Found by the sweep: replace_linear_with_lora froze the model, then found nothing to wrap."""
+    model = quantize_int8(tiny_model())  # its linear layers are Int8Linear now
+    with pytest.raises(ValueError, match="no nn.Linear layer"):
+        replace_linear_with_lora(model, 2, 4)
+    assert model.tok_emb.weight.requires_grad
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_int8_linear_takes_a_single_vector_as_nn_linear_does(kernel):
+    """Found by the sweep: the dynamic kernel refused a 1-D input, which nn.Linear takes."""
+    torch.manual_seed(0)
+    linear = nn.Linear(8, 4)
+    layer = Int8Linear.from_linear(linear, kernel=kernel)
+    x = torch.randn(8)
+    with torch.no_grad():
+        assert layer(x).shape == linear(x).shape == (4,)
+        assert torch.allclose(layer(x), linear(x), atol=0.05)
+        assert torch.equal(layer(x), layer(x[None])[0])
+
+
 def test_a_failed_save_keeps_the_old_adapter_and_leaves_no_partial_file(tmp_path):
     path = save_lora_adapter(lora_model(), tmp_path / "a.safetensors")
     good = path.read_bytes()
@@ -493,9 +515,16 @@ def test_lora_forward(x, base):
         layer.lora.B.normal_()
         out = outcome(lambda: layer(x))
         if not failed(out):
-            assert out.shape == (*x.shape[:-1], 9)
-            expected = linear(x) + layer.lora(x)  # the plain sum, the layer's definition
-            assert torch.allclose(out, expected, atol=1e-2, rtol=1e-2, equal_nan=True)
+            assert out.shape == (*x.shape[:-1], 9) and out.dtype == x.dtype
+        if not failed(out) and x.numel() and bool(x.isfinite().all()):
+            # the layer's definition, linear(x) + scaling * x A B, in float32 (bf16: a few
+            # roundings of 2^-8 relative apart)
+            bias = None if linear.bias is None else linear.bias.float()
+            expected = F.linear(x.float(), linear.weight.float(), bias) + layer.lora.scaling * (
+                x.float() @ layer.lora.A.float() @ layer.lora.B.float())
+            tol = 3e-2 if base == "bf16" else 1e-4
+            scale = float(expected.abs().max())
+            assert torch.allclose(out.float(), expected, atol=tol * (1 + scale), rtol=tol)
         outcome(lambda: layer.lora(x))
 
 
