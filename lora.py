@@ -18,6 +18,11 @@ wrapped model computes exactly what the original did.
 Names, as the state_dict shows them after wrapping: the wrapper takes the layer's place, so
 `trf_blocks.0.att.W_query` becomes a LinearWithLoRA whose frozen layer is
 `trf_blocks.0.att.W_query.linear` and whose adapter is `trf_blocks.0.att.W_query.lora.A` / `.B`.
+
+Every public helper checks what it is given first (a rank of 0, alpha as a string, LoRA applied
+twice, an adapter that is damaged or of another rank or model size, an input of the wrong width
+or dtype) and raises TypeError, ValueError or FileNotFoundError saying what to do; a refused call
+changes nothing. tests/test_fuzz_bonus_modules.py lists the mistakes and sweeps random inputs.
 """
 
 import json
@@ -46,6 +51,9 @@ def _check_rank_alpha(rank, alpha) -> int:
     if not _finite_positive(alpha):
         raise ValueError(f"alpha must be a finite positive number (scaling = alpha / rank), "
                          f"not {alpha}")
+    if alpha / rank > torch.finfo(torch.float16).max:  # the narrowest float a LoRA is kept in
+        raise ValueError(f"alpha / rank = {alpha / rank:.3g} is too large a scaling: it must fit "
+                         "in float16 (at most 65504); alpha is usually rank or 2 * rank.")
     return rank
 
 

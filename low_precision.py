@@ -32,6 +32,10 @@ PyTorch 2.13 marks its quantized tensor types (torch.qint8, ...) as deprecated (
 184982): we create one qint8 tensor per layer only to hand our weights to the packing op, and
 silence that one warning there. If a later PyTorch removes them, kernel="auto" falls back to
 "reference" (correct, slower) and says so.
+
+The helpers check what they are given (a bf16 input to an int8 layer, a kernel or device that does
+not exist, NaN weights, a model converted already, a layer built on the meta device and never
+loaded) before changing anything; tests/test_fuzz_bonus_modules.py lists the mistakes.
 """
 
 from __future__ import annotations

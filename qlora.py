@@ -16,6 +16,10 @@ module builds the 4-bit half (the adapters live in lora.py):
 Memory per weight with blocks of 64: 4 bits + 32 bits / 64 = 4.5 bits, 0.1406 of fp32's 32 bits;
 with double quantization 4 + 8/64 + 32/(64 * 256) = 4.127 bits (the paper's 0.127 bits of scale
 overhead per weight), 0.129 of fp32.
+
+The helpers check what they are given (block sizes, dtypes, NaN or meta-device weights, an
+NF4Tensor whose parts do not belong together, a model quantized already) before changing anything;
+tests/test_fuzz_bonus_modules.py lists the mistakes and sweeps random inputs.
 """
 
 from __future__ import annotations

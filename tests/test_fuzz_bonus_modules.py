@@ -174,6 +174,8 @@ CASES = [
      ["alpha", "finite positive", "nan"]),
     ("lora-alpha-0", lambda c: LoRALayer(8, 8, 2, 0), ValueError,
      ["alpha", "scaling = alpha / rank", "not 0"]),
+    ("lora-alpha-huge", lambda c: LoRALayer(8, 8, 1, 3.4e38), ValueError,
+     ["alpha / rank = 3.4e+38", "float16", "rank or 2 * rank"]),
     ("lora-in-dim-0", lambda c: LoRALayer(0, 8, 2, 2), ValueError,
      ["in_dim must be at least 1, not 0"]),
     ("lora-layer-wrong-width", lambda c: LoRALayer(8, 4, 2, 2)(torch.randn(2, 5)), ValueError,
