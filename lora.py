@@ -18,18 +18,56 @@ wrapped model computes exactly what the original did.
 Names, as the state_dict shows them after wrapping: the wrapper takes the layer's place, so
 `trf_blocks.0.att.W_query` becomes a LinearWithLoRA whose frozen layer is
 `trf_blocks.0.att.W_query.linear` and whose adapter is `trf_blocks.0.att.W_query.lora.A` / `.B`.
+
+Every public helper checks what it is given first (a rank of 0, alpha as a string, LoRA applied
+twice, an adapter that is damaged or of another rank or model size, an input of the wrong width
+or dtype) and raises TypeError, ValueError or FileNotFoundError saying what to do; a refused call
+changes nothing. tests/test_fuzz_bonus_modules.py lists the mistakes and sweeps random inputs.
 """
 
 import json
 import math
+import numbers
+import os
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from input_checks import check_features, check_int, shape_of
+from qlora import check_config
+
 __all__ = ["LoRALayer", "LinearWithLoRA", "replace_linear_with_lora", "merge_lora",
            "lora_parameter_count", "save_lora_adapter", "load_lora_adapter", "read_lora_adapter",
            "lora_layers"]
+
+
+def _check_rank_alpha(rank, alpha) -> int:
+    """rank as an int of at least 1; alpha a finite positive number (scaling = alpha / rank)."""
+    rank = check_int(rank, "rank (the LoRA rank r)", minimum=1)
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+        raise TypeError(f"alpha must be a number (scaling = alpha / rank; e.g. alpha = rank or "
+                        f"2 * rank), not {shape_of(alpha)}")
+    if not _finite_positive(alpha):
+        raise ValueError(f"alpha must be a finite positive number (scaling = alpha / rank), "
+                         f"not {alpha}")
+    if alpha / rank > torch.finfo(torch.float16).max:  # the narrowest float a LoRA is kept in
+        raise ValueError(f"alpha / rank = {alpha / rank:.3g} is too large a scaling: it must fit "
+                         "in float16 (at most 65504); alpha is usually rank or 2 * rank.")
+    return rank
+
+
+def _finite_positive(number) -> bool:
+    try:
+        return math.isfinite(number) and number > 0
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _check_model(model, who):
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{who} takes a model (an nn.Module such as GPTModel), not "
+                        f"{shape_of(model)}")
 
 
 class LoRALayer(nn.Module):
@@ -39,8 +77,9 @@ class LoRALayer(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, rank: int, alpha: float, *, device=None,
                  dtype=None):
         super().__init__()
-        if not (isinstance(rank, int) and rank > 0):
-            raise ValueError(f"rank must be a positive integer, not {rank!r}")
+        in_dim = check_int(in_dim, "in_dim", minimum=1)
+        out_dim = check_int(out_dim, "out_dim", minimum=1)
+        rank = _check_rank_alpha(rank, alpha)
         # Drawn as nn.Linear(in_dim, rank) draws its (rank, in_dim) weight: kaiming_uniform_ with
         # a=sqrt(5) and fan_in = in_dim, i.e. uniform in +-1/sqrt(in_dim); then transposed. (On an
         # (in_dim, rank) tensor, kaiming's fan_in would be rank: a bound sqrt(in_dim / rank) wider.)
@@ -52,6 +91,7 @@ class LoRALayer(nn.Module):
         self.scaling = alpha / rank  # so that changing the rank needs no new learning rate
 
     def forward(self, x):
+        check_features(x, self.A.shape[0], "LoRALayer", dtype=self.A.dtype)
         # (..., in) @ (in, r) -> (..., r), then @ (r, out) -> (..., out): never an (in, out) matrix
         return self.scaling * (x @ self.A @ self.B)
 
@@ -77,6 +117,8 @@ class LinearWithLoRA(nn.Module):
 
     def __init__(self, linear: nn.Module, rank: int, alpha: float):
         super().__init__()
+        if not isinstance(linear, nn.Module):
+            raise TypeError(f"LinearWithLoRA wraps a layer (an nn.Linear), not {shape_of(linear)}")
         if isinstance(linear, LinearWithLoRA):
             raise TypeError("this layer already has a LoRA; wrap its .linear, or merge_lora first.")
         if not _linear_like(linear):
@@ -102,6 +144,7 @@ class LinearWithLoRA(nn.Module):
         # to a training step's peak memory (benchmarks/bench_peft.py). Equal to the plain sum:
         # tests/test_lora.py::test_fused_forward_equals_the_plain_sum.
         A, B = self.lora.A, self.lora.B
+        check_features(x, A.shape[0], "LinearWithLoRA", dtype=A.dtype)
         x2d = x.reshape(-1, A.shape[0])  # (B, T, in) -> (B*T, in)
         out = self.linear(x2d)  # (B*T, out), a tensor of its own (not a view) to add into
         # (B*T, out) += scaling * ((B*T, in) @ (in, r)) @ (r, out); .to() only acts under autocast
@@ -127,6 +170,7 @@ def _walk(module, prefix=""):
 
 def lora_layers(model: nn.Module) -> dict:
     """{name: LinearWithLoRA} of the model, by the names the wrapped layers had before."""
+    _check_model(model, "lora_layers")
     return {name: m for name, _, _, m in _walk(model) if isinstance(m, LinearWithLoRA)}
 
 
@@ -141,19 +185,31 @@ def replace_linear_with_lora(model: nn.Module, rank: int, alpha: float,
     the wrapper's frozen .linear.weight is still tok_emb's tensor, and the head's LoRA changes the
     head's output only, never the embedding (see merge_lora for what merging does to the tie).
     """
+    _check_model(model, "replace_linear_with_lora")
+    rank = _check_rank_alpha(rank, alpha)  # before anything is frozen or wrapped
+    if isinstance(layer_types, type):
+        layer_types = (layer_types,)
+    if not (isinstance(layer_types, tuple) and layer_types and all(
+            isinstance(t, type) and issubclass(t, nn.Module) for t in layer_types)):
+        raise TypeError(f"layer_types is a tuple of layer classes, e.g. (nn.Linear,) or "
+                        f"(nn.Linear, qlora.LinearNF4), not {shape_of(layer_types)}")
     if lora_layers(model):
         raise ValueError("this model already has LoRA layers; load a fresh model (or merge_lora "
                          "first) before calling replace_linear_with_lora again.")
-    model.requires_grad_(False)
-    wrapped = {}  # a layer used in two places gets one wrapper
-    for _, parent, attr, child in list(_walk(model)):
-        if isinstance(child, layer_types):
-            if id(child) not in wrapped:
-                wrapped[id(child)] = LinearWithLoRA(child, rank, alpha)
-            setattr(parent, attr, wrapped[id(child)])  # nn.Sequential's "0" works the same
-    if not wrapped:
+    targets = [(name, parent, attr, child) for name, parent, attr, child in _walk(model)
+               if isinstance(child, layer_types)]
+    if not targets:  # refused before anything is frozen
         names = " or ".join("nn.Linear" if t is nn.Linear else t.__name__ for t in layer_types)
         raise ValueError(f"{type(model).__name__} has no {names} layer to put a LoRA beside.")
+    for name, _, _, child in targets:
+        for size in ("in_features", "out_features"):
+            check_int(getattr(child, size), f"{name}.{size}", minimum=1)
+    model.requires_grad_(False)
+    wrapped = {}  # a layer used in two places gets one wrapper
+    for _, parent, attr, child in targets:
+        if id(child) not in wrapped:
+            wrapped[id(child)] = LinearWithLoRA(child, rank, alpha)
+        setattr(parent, attr, wrapped[id(child)])  # nn.Sequential's "0" works the same
     return model
 
 
@@ -170,6 +226,11 @@ def merge_lora(model: nn.Module) -> nn.Module:
     tied original (as many as the original counted without sharing, which is what state_dict and
     named_parameters(remove_duplicate=False) show).
     """
+    _check_model(model, "merge_lora")
+    if not lora_layers(model):
+        raise ValueError(f"this {type(model).__name__} has no LoRA layers to merge (merged "
+                         "already, or never wrapped): merge_lora folds in what "
+                         "replace_linear_with_lora or load_lora_adapter added.")
     for _, parent, attr, child in list(_walk(model)):
         if isinstance(child, LinearWithLoRA) and isinstance(child.linear, nn.Linear):
             base, lora = child.linear, child.lora
@@ -189,6 +250,11 @@ def lora_parameter_count(cfg: dict, rank: int, num_classes: int | None = None) -
     """LoRA parameters r * (in + out) summed over GPTModel's nn.Linear layers, for a config with
     the course's keys: per block W_query, W_key, W_value, out_proj (C -> C) and the feed-forward
     C -> 4C -> C; then out_head C -> vocab_size, or C -> num_classes for the classifier."""
+    check_config(cfg, ("vocab_size", "emb_dim", "n_layers"), "lora_parameter_count")
+    rank = check_int(rank, "rank (the LoRA rank r)", minimum=1)
+    if num_classes is not None:
+        num_classes = check_int(num_classes, "num_classes (or None for the language model head)",
+                                minimum=1)
     c = cfg["emb_dim"]
     attention = 4 * rank * (c + c)  # W_query, W_key, W_value, out_proj
     feed_forward = rank * (c + 4 * c) + rank * (4 * c + c)  # ff.layers[0], ff.layers[2]
@@ -222,6 +288,14 @@ def save_lora_adapter(model: nn.Module, path, **extra) -> Path:
     `extra` (JSON values: epoch, accuracy, ...) is stored alongside. Returns the path."""
     from safetensors.torch import save_file
 
+    _check_model(model, "save_lora_adapter")
+    path = _adapter_path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; save to a file in it, e.g. "
+                         f"{path / 'adapter.safetensors'}")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"the folder {path.parent} does not exist; create it first "
+                                "with Path(folder).mkdir(parents=True, exist_ok=True)")
     layers = lora_layers(model)
     if not layers:
         raise ValueError("the model has no LoRA layers to save: call replace_linear_with_lora "
@@ -231,22 +305,41 @@ def save_lora_adapter(model: nn.Module, path, **extra) -> Path:
         raise ValueError(f"an adapter file holds one rank and alpha for all layers; this model has "
                          f"several (rank, alpha): {sorted(ranks)}.")
     (rank, alpha), = ranks
+    if any(m.lora.A.device.type == "meta" for m in layers.values()):
+        raise ValueError("the model's LoRA layers are on the meta device (shapes, no values): "
+                         "there is nothing to save; build the model with real weights and train.")
     config = {"rank": rank, "alpha": alpha,
               "layers": {name: [m.in_features, m.out_features] for name, m in layers.items()},
               "base_layers": _linear_shapes(model)}
     try:
         extra_json = json.dumps(extra)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:  # ValueError: a value that contains itself
         raise TypeError(f"save_lora_adapter stores extra values as JSON: {e}. Pass numbers, "
                         "strings, lists or dicts.") from e
     tensors = {}
     for name, m in layers.items():
         tensors[f"{name}.lora.A"] = m.lora.A.detach().cpu().contiguous()  # (in, r)
         tensors[f"{name}.lora.B"] = m.lora.B.detach().cpu().contiguous()  # (r, out)
-    path = Path(path)
-    save_file(tensors, str(path), metadata={"format": ADAPTER_FORMAT, "version": ADAPTER_VERSION,
-                                            "config": json.dumps(config), "extra": extra_json})
+    # written whole or not at all: to path + ".tmp", then renamed over `path`
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        save_file(tensors, str(tmp), metadata={"format": ADAPTER_FORMAT,
+                                               "version": ADAPTER_VERSION,
+                                               "config": json.dumps(config), "extra": extra_json})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def _adapter_path(path) -> Path:
+    if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes) or not str(path):
+        raise TypeError(f"the adapter's path must be a str or a Path (e.g. "
+                        f"'adapter.safetensors'), not {shape_of(path)}")
+    if "\0" in str(path):
+        raise ValueError(f"the adapter's path {str(path)!r} holds a NUL character, which no file "
+                         "name can; pass the path of a file such as 'adapter.safetensors'.")
+    return Path(path)
 
 
 def read_lora_adapter(path):
@@ -255,7 +348,13 @@ def read_lora_adapter(path):
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
-    path = Path(path)
+    path = _adapter_path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"there is no adapter file {path}; pass the path "
+                                "save_lora_adapter wrote to.")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not an adapter file; pass the path "
+                         "save_lora_adapter wrote to (e.g. its adapter.safetensors).")
     what = f"{path} is not a LoRA adapter written by save_lora_adapter"
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -273,11 +372,14 @@ def read_lora_adapter(path):
         config = json.loads(metadata["config"])
         config["extra"] = json.loads(metadata.get("extra", "{}"))
         rank, alpha, layers = config["rank"], config["alpha"], config["layers"]
-        ok = (isinstance(rank, int) and rank > 0 and isinstance(alpha, (int, float))
-              and isinstance(layers, dict) and isinstance(config["base_layers"], dict)
-              and all(isinstance(s, list) and len(s) == 2 and all(isinstance(d, int) for d in s)
+        number = (int, float)
+        ok = (type(rank) is int and rank > 0 and type(alpha) in number
+              and _finite_positive(alpha) and isinstance(layers, dict) and layers
+              and isinstance(config["base_layers"], dict)
+              and all(isinstance(s, list) and len(s) == 2
+                      and all(type(d) is int and d > 0 for d in s)
                       for s in [*layers.values(), *config["base_layers"].values()]))
-    except (KeyError, TypeError, json.JSONDecodeError) as e:
+    except (KeyError, TypeError, ValueError, RecursionError) as e:  # ValueError: bad JSON
         raise ValueError(f"{path}: the adapter's config is damaged ({e!r}).") from e
     if not ok:
         raise ValueError(f"{path}: the adapter's config is damaged (rank, alpha or layer shapes).")
@@ -312,6 +414,11 @@ def load_lora_adapter(model: nn.Module, path) -> nn.Module:
     get wrapped, and every original parameter is frozen, as replace_linear_with_lora does), or a
     model already wrapped with the same layers and rank (A and B are overwritten). In place;
     returns the model. Everything is checked first: a refused adapter leaves the model untouched."""
+    _check_model(model, "load_lora_adapter")
+    if any(t.device.type == "meta" for t in [*model.parameters(), *model.buffers()]):
+        raise ValueError("the model is on the meta device (shapes, no values): the adapter would "
+                         "be copied into nothing. Load the base model's weights first "
+                         "(load_weights_into_gpt, or load_state_dict(..., assign=True)).")
     config, tensors = read_lora_adapter(path)
     rank, alpha, layers = config["rank"], config["alpha"], config["layers"]
     here = _linear_shapes(model)

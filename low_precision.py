@@ -32,6 +32,10 @@ PyTorch 2.13 marks its quantized tensor types (torch.qint8, ...) as deprecated (
 184982): we create one qint8 tensor per layer only to hand our weights to the packing op, and
 silence that one warning there. If a later PyTorch removes them, kernel="auto" falls back to
 "reference" (correct, slower) and says so.
+
+The helpers check what they are given (a bf16 input to an int8 layer, a kernel or device that does
+not exist, NaN weights, a model converted already, a layer built on the meta device and never
+loaded) before changing anything; tests/test_fuzz_bonus_modules.py lists the mistakes.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from input_checks import check_features, check_int, shape_of
 from qlora import model_bytes  # parameters and buffers, each tensor once
 
 __all__ = ["absmax_quantize", "dequantize", "int8_engine", "Int8Linear", "BF16Linear",
@@ -55,8 +60,13 @@ def absmax_quantize(weight: torch.Tensor):
     """(q, scale) of a weight (out, in): q int8 (out, in), scale fp32 (out,), one per output
     channel, = max |w| of that row / 127, so that w = q * scale up to half a step per weight.
     A row of zeros gets scale 1 (any scale gives q = 0)."""
-    if weight.dim() != 2:
-        raise ValueError(f"absmax_quantize takes a 2-D weight (out, in), not {tuple(weight.shape)}")
+    if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
+        raise TypeError(f"absmax_quantize takes a floating-point weight (out, in), not "
+                        f"{shape_of(weight)}")
+    if weight.dim() != 2 or weight.shape[1] == 0:
+        raise ValueError(f"absmax_quantize takes a 2-D weight (out, in) with in >= 1, not "
+                         f"{tuple(weight.shape)}")
+    _check_finite(weight)
     w = weight.detach().float()
     scale = w.abs().amax(dim=1) / _QMAX  # (out,)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
@@ -66,6 +76,14 @@ def absmax_quantize(weight: torch.Tensor):
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """The fp32 weight (out, in) that int8 `q` (out, in) and per-row `scale` (out,) stand for."""
+    if not isinstance(q, torch.Tensor) or q.dtype != torch.int8 or q.dim() != 2:
+        raise TypeError(f"dequantize takes the int8 weight (out, in) that absmax_quantize "
+                        f"returns, not {shape_of(q)}")
+    if not isinstance(scale, torch.Tensor) or not scale.is_floating_point() or \
+            tuple(scale.shape) != q.shape[:1]:
+        raise ValueError(f"the scale must be {q.shape[0]} float values (one per row of the "
+                         f"{tuple(q.shape)} weight), as absmax_quantize returns it, not "
+                         f"{shape_of(scale)}")
     return q.float() * scale[:, None]
 
 
@@ -92,6 +110,20 @@ class Int8Linear(nn.Module):
 
     def __init__(self, in_features, out_features, bias=True, kernel="auto", device=None):
         super().__init__()
+        in_features = check_int(in_features, "in_features", minimum=1)
+        out_features = check_int(out_features, "out_features", minimum=1)
+        if not isinstance(bias, bool):
+            raise TypeError(f"bias is True or False, not {shape_of(bias)}")
+        _check_kernel(kernel)
+        if device is not None:
+            try:
+                where = torch.device(device)
+            except (RuntimeError, TypeError, ValueError, OverflowError):
+                where = None
+            if where is None or where.type not in ("cpu", "meta"):
+                raise ValueError(f"device must be 'cpu' (Int8Linear computes on the CPU; 'meta' "
+                                 f"for the structure only), not {shape_of(device)}")
+            device = where
         if kernel == "auto":
             kernel = "dynamic" if int8_engine() else "reference"
             if kernel == "reference":
@@ -111,6 +143,7 @@ class Int8Linear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear, kernel="auto"):
         """An Int8Linear holding `linear`'s weight quantized by absmax_quantize, and its bias."""
+        _check_linear(linear, "Int8Linear.from_linear")
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None, kernel,
                     device=linear.weight.device)
         q, scale = absmax_quantize(linear.weight)
@@ -154,13 +187,26 @@ class Int8Linear(nn.Module):
         return dequantize(self.weight_int8, self.scale)
 
     def forward(self, x):
+        check_features(x, self.in_features, "Int8Linear")
+        if x.dtype != torch.float32:  # the int8 kernels take fp32 in, under autocast too
+            raise TypeError(f"Int8Linear takes float32 inputs (it rounds them to 8 bits itself), "
+                            f"not {x.dtype}; convert with x.float().")
+        if self.scale.device.type == "meta":
+            raise ValueError("this Int8Linear was built on the meta device and holds no weights "
+                             "yet: load an int8 state dict into the model first (load_state_dict("
+                             "..., assign=True)).")
+        if x.device != self.scale.device:
+            raise ValueError(f"the input is on {x.device} but Int8Linear's weights are on "
+                             f"{self.scale.device}; move the input with .to(device).")
         if self.kernel == "reference":
             return F.linear(x, dequantize(self.weight_int8, self.scale), self.bias)
         if self._packed is None:
             self._pack()
         # quantizes x to 8 bits (7 of range: reduce_range, PyTorch's default for fbgemm and
         # qnnpack), multiplies integers, applies both scales and adds the fp32 bias
-        return torch.ops.quantized.linear_dynamic(x.contiguous(), self._packed, True)
+        x2d = x.reshape(-1, self.in_features)  # (..., in) -> (N, in): the op wants 2 dims
+        out = torch.ops.quantized.linear_dynamic(x2d.contiguous(), self._packed, True)
+        return out.view(*x.shape[:-1], self.out_features)  # (N, out) -> (..., out)
 
     def stored_bytes(self) -> int:
         """Bytes of the weights, scales and bias as this layer keeps them."""
@@ -204,12 +250,17 @@ class BF16Linear(nn.Module):
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
+        _check_linear(linear, "BF16Linear")
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = nn.Parameter(linear.weight.detach().to(torch.bfloat16), requires_grad=False)
         self.bias = (None if linear.bias is None else
                      nn.Parameter(linear.bias.detach().float(), requires_grad=False))
 
     def forward(self, x):
+        check_features(x, self.in_features, "BF16Linear")  # any float dtype: rounded to bf16
+        if x.device != self.weight.device:
+            raise ValueError(f"the input is on {x.device} but BF16Linear's weight is on "
+                             f"{self.weight.device}; move the input with .to(device).")
         y = F.linear(x.to(torch.bfloat16), self.weight).float()
         return y if self.bias is None else y + self.bias
 
@@ -218,14 +269,43 @@ class BF16Linear(nn.Module):
                 f"bias={self.bias is not None}")
 
 
-def _swap_linears(model: nn.Module, make, head: bool) -> nn.Module:
-    """Replace every nn.Linear of `model` (out_head too when `head`) by make(linear), in place."""
+def _check_finite(weight, name="the weight"):
+    """No NaN or inf in a weight (on the meta device there are no values to look at)."""
+    if weight.device.type != "meta" and not bool(torch.isfinite(weight).all()):
+        raise ValueError(f"{name} {tuple(weight.shape)} holds NaN or inf values: a damaged "
+                         "weight, or one that training made diverge; reload the weights.")
+
+
+def _check_kernel(kernel):
+    if not isinstance(kernel, str) or kernel not in ("auto", "dynamic", "reference"):
+        raise ValueError(f"kernel is 'auto', 'dynamic' or 'reference', not {kernel!r}")
+
+
+def _check_linear(linear, who):
+    if type(linear) is not nn.Linear:
+        converted = isinstance(linear, (Int8Linear, BF16Linear))
+        raise TypeError(f"{who} converts an nn.Linear, not {shape_of(linear)}"
+                        + (" (converted already)" if converted else ""))
+
+
+def _check_model(model, who):
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{who} takes a model (an nn.Module such as GPTModel), not "
+                        f"{shape_of(model)}")
+
+
+def _swap_linears(model: nn.Module, make, head: bool, check=None) -> nn.Module:
+    """Replace every nn.Linear of `model` (out_head too when `head`) by make(linear), in place;
+    check(name, linear) runs on every one of them first, so that a refusal changes nothing."""
+    if not isinstance(head, bool):
+        raise TypeError(f"head is True or False (also convert out_head?), not {shape_of(head)}")
     linears = [(name, m) for name, m in model.named_modules() if type(m) is nn.Linear]
     if not linears:
         raise ValueError("the model has no nn.Linear layers left to convert (already converted?)")
+    linears = [(name, m) for name, m in linears if head or name != "out_head"]
+    for name, linear in linears if check else ():
+        check(name, linear)
     for name, linear in linears:
-        if name == "out_head" and not head:
-            continue
         parent_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent_name), attr, make(linear))  # "layers.0" works too
     return model.eval()
@@ -240,18 +320,23 @@ def quantize_int8(model: nn.Module, head: bool = True, kernel: str = "auto") -> 
     kernel: "auto" (= "dynamic" where PyTorch has fbgemm or qnnpack), "dynamic", "reference".
     On a model built on the meta device this gives the structure to load an int8 state dict into.
     """
-    return _swap_linears(model, lambda lin: Int8Linear.from_linear(lin, kernel), head)
+    _check_model(model, "quantize_int8")
+    _check_kernel(kernel)  # before any layer is swapped
+    return _swap_linears(model, lambda lin: Int8Linear.from_linear(lin, kernel), head,
+                         check=lambda name, lin: _check_finite(lin.weight, f"{name}.weight"))
 
 
 def to_bf16(model: nn.Module, head: bool = True) -> nn.Module:
     """Swap the model's nn.Linear layers for BF16Linear, in place; returns the model (eval).
     head: also out_head (a bf16 copy; GPT-2's tied fp32 embedding stays for the lookup)."""
+    _check_model(model, "to_bf16")
     return _swap_linears(model, BF16Linear, head)
 
 
 def inference_bytes(model: nn.Module) -> int:
     """Bytes of a model's weights as it holds them: parameters and buffers (each tensor once,
     tied weights too) plus the int8 weights Int8Linear keeps outside them."""
+    _check_model(model, "inference_bytes")
     return model_bytes(model) + sum(m.in_features * m.out_features for m in model.modules()
                                     if isinstance(m, Int8Linear))
 
@@ -259,9 +344,18 @@ def inference_bytes(model: nn.Module) -> int:
 def weight_errors(model: nn.Module) -> list:
     """For each nn.Linear of an fp32 model: {"name", "int8", "bf16"}, the relative error
     ||w' - w|| / ||w|| of its weight rounded by absmax_quantize and by bfloat16."""
+    _check_model(model, "weight_errors")
+    linears = [m for m in model.modules() if type(m) is nn.Linear]
+    if not linears:
+        raise ValueError(f"this {type(model).__name__} has no nn.Linear layer to measure: pass "
+                         "the fp32 model (before quantize_int8 or to_bf16).")
+    if any(m.weight.device.type == "meta" for m in linears):
+        raise ValueError("the model is on the meta device (a shape, no values): load its weights "
+                         "first.")
     rows = []
     for name, m in model.named_modules():
         if type(m) is nn.Linear:
+            _check_finite(m.weight, f"{name}.weight")
             w = m.weight.detach().float()
             norm = w.norm()
             rows.append({"name": name,
