@@ -10,8 +10,8 @@ torch.set_num_threads(2), batch 1, an 8-token prompt, greedy:
 Each measurement runs in a fresh process after a warm-up; the two variants alternate, --rounds
 times each. The table gives the median tokens/s and the range (min-max) of each variant: the
 checks cost nothing measurable when the medians differ by less than the ranges.
-Also: the cost of one call of each check (timeit, a million calls), which bounds the per-token
-cost from above: about 50 feature checks per generated token at 12 blocks.
+Also: the cost of one call of each check (timeit, 200,000 calls); a cached token makes about 75
+feature checks (six per block at 12 blocks) and one token-id check.
 
 Run: .venv/bin/python benchmarks/bench_input_checks.py [--rounds 5]
 """
