@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from gpt_download3 import GPT2_HPARAMS, download_and_load_gpt2
-from input_checks import check_int, check_text, check_token_ids, shape_of
+from input_checks import check_int, check_sampling, check_text, check_token_ids, shape_of
 from previous_chapters import (
     GPTModel,
     add_classification_head,
@@ -241,13 +241,7 @@ def stream_answer(model, tokenizer, message, max_new_tokens=256, temperature=0.0
     if not check_text(message, "the message").strip():
         raise ValueError("the message is empty; type an instruction, e.g. 'Name three primary "
                          "colors.'")
-    check_int(max_new_tokens, "max_new_tokens", minimum=0)
-    if top_k is not None:
-        check_int(top_k, "top_k (or None)", minimum=1)
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(f"temperature must be a number, not {shape_of(temperature)}")
-    if not 0 <= temperature < float("inf"):  # NaN fails too
-        raise ValueError(f"temperature must be 0 (greedy) or positive, not {temperature}")
+    check_sampling(max_new_tokens, temperature, top_k)  # generate's checks, now, not at a token
     check_int(seed, "seed", minimum=-(2**63), maximum=2**64 - 1)  # torch.manual_seed's range
     prompt_ids = torch.tensor([tokenizer.encode(chat_prompt(message))])  # (1, T)
     check_token_ids(prompt_ids, model.cfg["vocab_size"], what="the prompt's token ids")

@@ -20,9 +20,9 @@ import operator
 
 import torch
 
-__all__ = ["check_int", "check_fraction", "check_text", "check_token_ids", "check_features",
-           "input_dtype", "check_loader", "check_state_dict_fits", "check_gpt2_params",
-           "check_curves", "shape_of"]
+__all__ = ["check_int", "check_fraction", "check_text", "check_sampling", "check_token_ids",
+           "check_features", "input_dtype", "check_loader", "check_state_dict_fits",
+           "check_gpt2_params", "check_curves", "shape_of"]
 
 
 def shape_of(value) -> str:
@@ -67,6 +67,18 @@ def check_text(text, name="the text") -> str:
             hint = " Are these token ids? Decode them to text first (token_ids_to_text)."
         raise TypeError(f"{name} must be a str, not {shape_of(text)}.{hint}")
     return text
+
+
+def check_sampling(max_new_tokens, temperature, top_k) -> None:
+    """generate's settings: max_new_tokens 0 or more, temperature 0 (greedy) or a positive
+    finite number, top_k None or 1 or more."""
+    check_int(max_new_tokens, "max_new_tokens", minimum=0)
+    if top_k is not None:
+        check_int(top_k, "top_k (or None)", minimum=1)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"temperature must be a number, not {shape_of(temperature)}")
+    if not 0 <= temperature < float("inf"):  # NaN fails too
+        raise ValueError(f"temperature must be 0 (greedy) or positive, not {temperature}")
 
 
 def check_token_ids(idx, vocab_size=None, context_length=None, device=None, scan=None,

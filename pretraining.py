@@ -242,16 +242,19 @@ def _check_args(args):
         if not isinstance(getattr(args, key), bool):
             raise TypeError(f"{flag(key)} must be True or False, not "
                             f"{shape_of(getattr(args, key))}")
+    # each whole-number option is stored back as a Python int (a numpy or 0-d torch integer
+    # passes check_int, but torch.set_num_threads and friends take only int)
     for key in ("context_length", "batch_size", "accum", "max_steps", "eval_batches",
                 "log_every"):
-        check_int(getattr(args, key), flag(key), minimum=1)
+        setattr(args, key, check_int(getattr(args, key), flag(key), minimum=1))
     for key in ("eval_every", "ckpt_every", "keep", "sample_tokens"):
-        check_int(getattr(args, key), flag(key) + " (0: never/all)", minimum=0)
+        setattr(args, key, check_int(getattr(args, key), flag(key) + " (0: never/all)",
+                                     minimum=0))
     for key in ("emb_dim", "n_layers", "n_heads", "threads", "stop_after"):
         if getattr(args, key) is not None:
-            check_int(getattr(args, key), flag(key), minimum=1)
-    check_int(args.seed, "--seed", minimum=0, maximum=SEED_MAX)
-    check_int(args.warmup_steps, "--warmup-steps", minimum=0)
+            setattr(args, key, check_int(getattr(args, key), flag(key), minimum=1))
+    args.seed = check_int(args.seed, "--seed", minimum=0, maximum=SEED_MAX)
+    args.warmup_steps = check_int(args.warmup_steps, "--warmup-steps", minimum=0)
     if not 0 <= args.warmup_steps <= args.max_steps:
         raise ValueError(f"--warmup-steps {args.warmup_steps} must be in 0..--max-steps")
     for key in ("lr", "min_lr", "initial_lr", "weight_decay", "grad_clip"):

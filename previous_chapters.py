@@ -28,6 +28,7 @@ from input_checks import (
     check_gpt2_params,
     check_int,
     check_loader,
+    check_sampling,
     check_state_dict_fits,
     check_text,
     check_token_ids,
@@ -913,14 +914,8 @@ def generate_stream(model, idx, max_new_tokens, context_size, temperature=0.0, t
     if idx.shape[1] == 0:
         raise ValueError(f"generate needs a (batch, tokens) prompt with at least one token; "
                          f"got shape {tuple(idx.shape)}. Is the prompt text empty?")
-    check_int(max_new_tokens, "max_new_tokens", minimum=0)
     check_int(context_size, "context_size", minimum=1, maximum=model.cfg["context_length"])
-    if top_k is not None:
-        check_int(top_k, "top_k (or None)", minimum=1)
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(f"temperature must be a number, not {shape_of(temperature)}")
-    if not 0 <= temperature < float("inf"):  # NaN fails too
-        raise ValueError(f"temperature must be 0 (greedy) or positive, not {temperature}")
+    check_sampling(max_new_tokens, temperature, top_k)
     cache = KVCache(model, idx.shape[0], context_size) if use_cache else None
     for step in range(max_new_tokens):
         with torch.inference_mode():  # no_grad, and no version counting either: a little faster

@@ -10,6 +10,7 @@ import os
 import traceback
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, event, given, note, seed, settings
 
 SEED = int(os.environ.get("FUZZ_SEED") or 0)
@@ -56,3 +57,23 @@ def outcome(call, ours, allowed=ALLOWED, also=()):
 
 def failed(result):
     return isinstance(result, BaseException)
+
+
+def table_tests(cases):
+    """The tests of a table of mistakes, rows (id, call(ctx), exception type, words): each call
+    raises exactly its type, with every one of its words in the message; ids are unique. A test
+    file assigns them to its own names: `test_a, test_b = table_tests(CASES)`."""
+    @pytest.mark.parametrize("call,error,words", [c[1:] for c in cases],
+                             ids=[c[0] for c in cases])
+    def test_a_mistake_gets_a_clear_message(ctx, call, error, words):
+        with pytest.raises(Exception) as info:
+            call(ctx)
+        assert type(info.value) is error, f"{type(info.value).__name__}: {info.value}"
+        for word in words:
+            assert word in str(info.value), f"{word!r} not in: {info.value}"
+
+    def test_every_case_has_its_own_id():
+        names = [c[0] for c in cases]
+        assert len(names) == len(set(names))
+
+    return test_a_mistake_gets_a_clear_message, test_every_case_has_its_own_id

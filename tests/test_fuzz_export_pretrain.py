@@ -33,7 +33,7 @@ import previous_chapters as pc
 from chat_app import LoadedModel, LoadError
 from pretraining_checkpoints import CheckpointError
 from tests import fuzzing
-from tests.fuzzing import failed, fuzz
+from tests.fuzzing import failed, fuzz, table_tests
 from tests.test_fuzz_helpers import ANY, COUNTS, SCALARS, tensors
 
 OURS = {"hf_export.py", "gguf_export.py", "pretraining_data.py", "pretraining_checkpoints.py",
@@ -472,18 +472,7 @@ def ctx(tmp_path, tokenizer, prepared):
     return Ctx(tmp_path, tokenizer, prepared)
 
 
-@pytest.mark.parametrize("call,error,words", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_a_mistake_gets_a_clear_message(ctx, call, error, words):
-    with pytest.raises(Exception) as info:
-        call(ctx)
-    assert type(info.value) is error, f"{type(info.value).__name__}: {info.value}"
-    for word in words:
-        assert word in str(info.value), f"{word!r} not in: {info.value}"
-
-
-def test_every_case_has_its_own_id():
-    names = [c[0] for c in CASES]
-    assert len(names) == len(set(names))
+test_a_mistake_gets_a_clear_message, test_every_case_has_its_own_id = table_tests(CASES)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the mistake is asking for a missing GPU")

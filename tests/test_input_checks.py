@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import previous_chapters as pc
+from tests.fuzzing import table_tests
 
 TINY = {"vocab_size": 300, "context_length": 8, "emb_dim": 8, "n_heads": 2, "n_layers": 2,
         "drop_rate": 0.0, "qkv_bias": True}
@@ -412,18 +413,7 @@ def tokenizer():
     return course_data.get_gpt2_tokenizer()
 
 
-@pytest.mark.parametrize("call,error,words", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_a_mistake_gets_a_clear_message(ctx, call, error, words):
-    with pytest.raises(Exception) as info:
-        call(ctx)
-    assert type(info.value) is error, f"{type(info.value).__name__}: {info.value}"
-    for word in words:
-        assert word in str(info.value), f"{word!r} not in: {info.value}"
-
-
-def test_every_case_has_its_own_id():
-    names = [c[0] for c in CASES]
-    assert len(names) == len(set(names))
+test_a_mistake_gets_a_clear_message, test_every_case_has_its_own_id = table_tests(CASES)
 
 
 # ----- what a failed load leaves behind, and what a failed save leaves behind ------------------
