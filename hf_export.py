@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from input_checks import check_int, shape_of
+from input_checks import check_int, first_existing, shape_of
 from previous_chapters import HF_GPT2_NAMES
 
 __all__ = ["GPT2_VOCAB_SIZE", "hf_state_dict", "hf_config", "export_to_hf"]
@@ -215,12 +215,10 @@ def _check_folder(path, who):
         raise TypeError(f"{who} writes to a path: a str or pathlib.Path naming it, not "
                         f"{shape_of(path)}")
     path = Path(path)
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"{parent} is a file, so {path} cannot be created in it; choose "
-                                 "a path under a folder.")
-            break
+    parent = first_existing(path.parent)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"{parent} is a file, so {path} cannot be created in it; choose "
+                         "a path under a folder.")
     return path
 
 

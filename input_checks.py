@@ -22,7 +22,7 @@ import torch
 
 __all__ = ["check_int", "check_fraction", "check_text", "check_sampling", "check_token_ids",
            "check_features", "input_dtype", "check_loader", "check_state_dict_fits",
-           "check_gpt2_params", "check_curves", "shape_of"]
+           "check_gpt2_params", "check_curves", "first_existing", "shape_of"]
 
 
 def shape_of(value) -> str:
@@ -31,6 +31,14 @@ def shape_of(value) -> str:
         return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
     text = repr(value)
     return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def first_existing(path):
+    """`path` itself or the closest of its parent folders that exists (None if none does): where
+    a path to be created meets the file system, e.g. a file standing where a folder should."""
+    from pathlib import Path
+
+    return next((p for p in (Path(path), *Path(path).parents) if p.exists()), None)
 
 
 def check_int(value, name, minimum=None, maximum=None) -> int:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from input_checks import check_int, shape_of
+from input_checks import check_int, first_existing, shape_of
 from previous_chapters import save_to_file
 
 __all__ = ["FORMAT", "CheckpointError", "rng_state", "set_rng_state", "save_checkpoint",
@@ -52,12 +52,10 @@ def _folder(value, name="ckpt_dir") -> Path:
         raise TypeError(f"{name} must be a folder's path (a str or pathlib.Path), not "
                         f"{shape_of(value)}")
     path = Path(value)
-    for parent in (path, *path.parents):
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"{name} {path}: {parent} is a file, not a folder; pass the "
-                                 "folder that holds (or will hold) the step_XXXXXXXX.pt files.")
-            break
+    parent = first_existing(path)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"{name} {path}: {parent} is a file, not a folder; pass the "
+                         "folder that holds (or will hold) the step_XXXXXXXX.pt files.")
     return path
 
 

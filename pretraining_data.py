@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from input_checks import check_int, shape_of
+from input_checks import check_int, first_existing, shape_of
 
 __all__ = ["DTYPE", "prepare_corpus", "read_meta", "TokenWindows"]
 
@@ -119,12 +119,10 @@ def prepare_corpus(folder, out_dir, val_fraction=0.1, tokenizer=None, progress=T
     if not files:
         raise ValueError(f"{folder} holds no .txt files (searched its subfolders too); put the "
                          "texts there as UTF-8 .txt files, one document per file.")
-    for parent in (out_dir, *out_dir.parents):
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"out_dir {out_dir}: {parent} is a file, not a folder; choose "
-                                 "a folder for train.bin, val.bin and meta.json.")
-            break
+    parent = first_existing(out_dir)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"out_dir {out_dir}: {parent} is a file, not a folder; choose "
+                         "a folder for train.bin, val.bin and meta.json.")
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp_train, tmp_val = out_dir / "train.bin.tmp", out_dir / "val.bin.tmp"
     total_bytes = sum(p.stat().st_size for p in files)
